@@ -1,0 +1,20 @@
+"""Benchmarks (`fedsim bench NAME`): each returns a JSON-able dict and may write it to a file."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from fedsim.registry import Registry
+
+BenchFn = Callable[..., dict[str, Any]]
+BENCHMARKS: Registry[BenchFn] = Registry("benchmark")
+
+
+def _fkge(**kwargs: Any) -> dict[str, Any]:
+    from fedsim.bench.fkge import bench_fkge
+
+    return bench_fkge(**kwargs)
+
+
+BENCHMARKS.add("fkge", _fkge, "FedE UMLS 3 clients: Flower+Ray simulation vs the same training in one process")

@@ -1,0 +1,159 @@
+"""The `fedsim` command line: run, list, verify, bench."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from fedsim.config import MODES, STRATEGIES, ConfigError, load_config, preset_names
+
+
+def _fmt(value: Any, digits: int = 4) -> str:
+    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+
+def progress_printer(total_rounds: int):
+    def show(row: dict[str, Any]) -> None:
+        parts = [f"round {row['round']:>3}/{total_rounds}"]
+        loss = row.get("train_loss", row.get("loss"))
+        if loss is not None:
+            parts.append(f"loss {loss:.4f}")
+        valid = row.get("valid")
+        if valid:
+            parts.append(f"valid MRR {valid['mrr']:.4f}")
+        if row.get("failures"):
+            parts.append(f"failures {len(row['failures'])}")
+        if "elapsed" in row:
+            parts.append(f"elapsed {row['elapsed']:.1f}s")
+        print("  ".join(parts), flush=True)
+
+    return show
+
+
+def print_summary(summary: dict[str, Any]) -> None:
+    test = summary.get("test") or {}
+    print()
+    print(f"{'run':<18}{summary['run_id']}")
+    print(f"{'mode':<18}{summary['mode']} ({summary['strategy']})")
+    print(f"{'rounds':<18}{summary['rounds']}")
+    for key in ("mrr", "mr", "hits_at_1", "hits_at_3", "hits_at_10"):
+        if key in test:
+            print(f"{'test ' + key:<18}{_fmt(test[key])}")
+    print(f"{'wall seconds':<18}{summary['wall_seconds']:.1f}")
+    if "bytes_per_round" in summary:
+        b = summary["bytes_per_round"]
+        print(f"{'bytes/round':<18}down {b['down']:,}  up {b['up']:,}")
+    if "record_entries" in summary:
+        print(f"{'recorded msgs':<18}{summary['record_entries']}")
+    print(f"{'run directory':<18}{summary['run_dir']}")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    overrides = list(args.set or [])
+    if args.mode:
+        overrides.append(f"runtime.mode={args.mode}")
+    cfg = load_config(args.config, overrides)
+    print(f"fedsim run {cfg.name}: {cfg.model.name} on {cfg.data.dataset}, {cfg.data.num_clients} clients "
+          f"({cfg.data.partition}), {cfg.train.rounds} rounds, mode {cfg.runtime.mode}", flush=True)
+    from fedsim.jobs import run_experiment
+
+    summary = run_experiment(cfg, args.out, progress=None if args.quiet else progress_printer(cfg.train.rounds))
+    print_summary(summary)
+    return 0
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from importlib import resources
+
+    from fedsim.kg.datasets import DATASET_NAMES
+    from fedsim.kg.models import MODEL_NAMES
+    from fedsim.kg.partition import PARTITION_SCHEMES
+
+    print("presets:")
+    for name in preset_names():
+        text = (resources.files("fedsim") / "presets" / f"{name}.toml").read_text(encoding="utf-8")
+        first = text.splitlines()[0].lstrip("# ").strip() if text.startswith("#") else ""
+        print(f"  {name:<24}{first}")
+    for title, names in (("datasets", DATASET_NAMES), ("models", MODEL_NAMES), ("partitions", PARTITION_SCHEMES),
+                         ("strategies", STRATEGIES), ("modes", MODES)):
+        print(f"{title}: {', '.join(names)}")
+    from fedsim.bench import BENCHMARKS
+
+    print(f"benchmarks: {', '.join(BENCHMARKS.choices())}")
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from fedsim.record import verify_run
+
+    report = verify_run(args.run_dir)
+    for problem in report.problems:
+        print(f"PROBLEM: {problem}")
+    for warning in getattr(report, "warnings", []):
+        print(f"warning: {warning}")
+    verdict = "OK" if report.ok else "FAILED"
+    print(f"{verdict}: {report.entries} recorded messages in {args.run_dir}")
+    return 0 if report.ok else 1
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from fedsim.bench import BENCHMARKS
+
+    bench = BENCHMARKS.lookup(args.name)
+    result = bench(out=args.out, overrides=list(args.set or []))
+    print(json.dumps(result, indent=2, sort_keys=True))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fedsim", description="Federated-learning simulations for privacy research")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run an experiment (a preset name or a TOML/YAML file)")
+    run.add_argument("config", nargs="?", default=None, help="preset name or config file (default: fede-umls)")
+    run.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key, e.g. train.rounds=5")
+    run.add_argument("--mode", choices=MODES, help="runtime mode (overrides runtime.mode)")
+    run.add_argument("--out", help="run directory (default: runs/<run-id>, or $FEDSIM_RUNS_DIR/<run-id>)")
+    run.add_argument("--quiet", action="store_true", help="no per-round progress lines")
+    run.set_defaults(func=cmd_run)
+
+    lst = sub.add_parser("list", help="presets, datasets, models, partitions, strategies, modes")
+    lst.set_defaults(func=cmd_list)
+
+    ver = sub.add_parser("verify", help="check a run's recording (checksums, manifest, payloads)")
+    ver.add_argument("run_dir")
+    ver.set_defaults(func=cmd_verify)
+
+    bench = sub.add_parser("bench", help="run a benchmark and print/write its JSON")
+    bench.add_argument("name")
+    bench.add_argument("--out", help="write the JSON here too")
+    bench.add_argument("--set", action="append", metavar="KEY=VALUE", help="override the benchmark's config")
+    bench.set_defaults(func=cmd_bench)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except ConfigError as err:
+        print(f"config error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # every other failure: one clear line, non-zero exit
+        from fedsim.kg.datasets import DatasetError
+        from fedsim.runtime.process import RuntimeFailure
+
+        if isinstance(err, (DatasetError, RuntimeFailure, FileExistsError, FileNotFoundError, ValueError)):
+            print(f"error: {err}", file=sys.stderr)
+            return 1
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

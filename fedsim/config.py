@@ -1,0 +1,325 @@
+"""Typed experiment configs: TOML/YAML files, built-in presets, `--set key=value` overrides.
+
+Every key is checked: unknown keys, wrong types and unknown names (dataset, model, partition,
+strategy, mode) raise `ConfigError` naming the dotted key and listing what is valid.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A malformed or inconsistent experiment config."""
+
+
+MODES = ("sim", "deploy-local", "local")
+STRATEGIES = ("fede", "isolation", "collection")
+AGGREGATIONS = ("mean", "count-weighted")
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "umls"
+    data_dir: str | None = None  # directory of file-based datasets; default $FEDSIM_DATA_DIR/<name>
+    partition: str = "relation"
+    num_clients: int = 3
+
+
+@dataclass
+class ModelConfig:
+    name: str = "transe"
+    hidden_dim: int = 64
+    gamma: float = 10.0
+    epsilon: float = 2.0  # init range rho = (gamma + epsilon) / hidden_dim
+
+
+@dataclass
+class TrainConfig:
+    rounds: int = 20
+    lr: float = 1e-2
+    batch_size: int = 512
+    num_neg: int = 64
+    local_epochs: int = 1
+    adversarial_temperature: float = 1.0
+    eval_every: int = 5  # validation every N rounds (0: never); test always after the last round
+    eval_batch_size: int = 256
+    num_threads: int = 1  # torch threads per client (1 keeps sim and deploy bit-comparable)
+
+
+@dataclass
+class StrategyConfig:
+    name: str = "fede"
+    aggregation: str = "mean"  # unweighted mean over holders (FedE) or weighted by train count
+    min_clients: int = 0  # replies needed to aggregate a round; 0 means all clients
+
+
+@dataclass
+class RuntimeConfig:
+    mode: str = "sim"
+    num_cpus_per_client: float = 1.0
+    num_gpus_per_client: float = 0.0
+    ray_address: str | None = None  # attach to an existing Ray cluster instead of starting one
+    ray_num_cpus: int = 0  # CPUs for a Ray instance fedsim starts (0: all of this machine's)
+    round_timeout: float = 300.0  # seconds to wait for the replies of one exchange
+    run_timeout: float = 1800.0  # the whole run, start-up included
+    startup_timeout: float = 120.0  # SuperLink/SuperNodes/Ray coming up
+    poll_interval: float = 0.1  # seconds between pulls of replies
+
+
+@dataclass
+class ExperimentConfig:
+    name: str = "fede-umls"
+    protocol: str = "fkge"
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    strategy: StrategyConfig = field(default_factory=StrategyConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# building from dicts
+
+
+def _type_name(tp: Any) -> str:
+    if isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union:
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    return "null" if tp is type(None) else getattr(tp, "__name__", str(tp))
+
+
+def _coerce(key: str, value: Any, tp: Any) -> Any:
+    """Check `value` against the annotation `tp` (ints are accepted where floats are)."""
+    if isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union:
+        for arg in typing.get_args(tp):
+            try:
+                return _coerce(key, value, arg)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
+    if tp is type(None):
+        if value is None:
+            return None
+    elif tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    else:  # pragma: no cover - only the types above are used in configs
+        raise TypeError(f"unsupported config type {tp!r}")
+    raise ConfigError(f"{key}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
+
+
+def _build(cls: type, data: Any, prefix: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix or 'config'}: expected a table/mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        where = prefix or "top level"
+        raise ConfigError(
+            f"unknown key {(prefix + '.' if prefix else '') + unknown[0]!s} in {where}; "
+            f"valid keys: {', '.join(sorted(fields))}"
+        )
+    kwargs = {}
+    for name, value in data.items():
+        key = f"{prefix}.{name}" if prefix else name
+        tp = hints[name]
+        if dataclasses.is_dataclass(tp):
+            kwargs[name] = _build(tp, value, key)
+        else:
+            kwargs[name] = _coerce(key, value, tp)
+    return cls(**kwargs)
+
+
+def _check_choice(key: str, value: str, choices: typing.Iterable[str]) -> None:
+    choices = tuple(choices)
+    if value not in choices:
+        raise ConfigError(f"{key}: unknown name {value!r}; valid choices: {', '.join(choices)}")
+
+
+def _check_positive(cfg: ExperimentConfig) -> None:
+    checks = {
+        "data.num_clients": cfg.data.num_clients >= 1,
+        "model.hidden_dim": cfg.model.hidden_dim >= 1,
+        "train.rounds": cfg.train.rounds >= 1,
+        "train.lr": cfg.train.lr > 0,
+        "train.batch_size": cfg.train.batch_size >= 1,
+        "train.num_neg": cfg.train.num_neg >= 1,
+        "train.local_epochs": cfg.train.local_epochs >= 1,
+        "train.eval_every": cfg.train.eval_every >= 0,
+        "train.eval_batch_size": cfg.train.eval_batch_size >= 1,
+        "train.num_threads": cfg.train.num_threads >= 1,
+        "strategy.min_clients": 0 <= cfg.strategy.min_clients <= cfg.data.num_clients,
+        "runtime.num_cpus_per_client": cfg.runtime.num_cpus_per_client > 0,
+        "runtime.num_gpus_per_client": cfg.runtime.num_gpus_per_client >= 0,
+        "runtime.ray_num_cpus": cfg.runtime.ray_num_cpus >= 0,
+        "runtime.round_timeout": cfg.runtime.round_timeout > 0,
+        "runtime.run_timeout": cfg.runtime.run_timeout > 0,
+        "runtime.startup_timeout": cfg.runtime.startup_timeout > 0,
+        "runtime.poll_interval": cfg.runtime.poll_interval > 0,
+    }
+    for key, ok in checks.items():
+        if not ok:
+            value = cfg.to_dict()
+            for part in key.split("."):
+                value = value[part]
+            raise ConfigError(f"{key}: value {value!r} is out of range")
+
+
+def validate(cfg: ExperimentConfig) -> ExperimentConfig:
+    """Check names and ranges; returns `cfg` unchanged when valid."""
+    from fedsim.kg.datasets import DATASET_NAMES
+    from fedsim.kg.models import MODEL_NAMES
+    from fedsim.kg.partition import PARTITION_SCHEMES
+
+    _check_choice("protocol", cfg.protocol, ("fkge",))
+    _check_choice("data.dataset", cfg.data.dataset, DATASET_NAMES)
+    _check_choice("data.partition", cfg.data.partition, PARTITION_SCHEMES)
+    _check_choice("model.name", cfg.model.name, MODEL_NAMES)
+    _check_choice("strategy.name", cfg.strategy.name, STRATEGIES)
+    _check_choice("strategy.aggregation", cfg.strategy.aggregation, AGGREGATIONS)
+    _check_choice("runtime.mode", cfg.runtime.mode, MODES)
+    _check_positive(cfg)
+    if cfg.strategy.name != "fede" and cfg.runtime.mode != "local":
+        raise ConfigError(
+            f"strategy.name: {cfg.strategy.name!r} is a centralised baseline and runs only with "
+            f"runtime.mode = 'local' (got {cfg.runtime.mode!r})"
+        )
+    return cfg
+
+
+def from_dict(data: dict[str, Any]) -> ExperimentConfig:
+    """Build and validate a config from a plain mapping."""
+    cfg = _build(ExperimentConfig, data, "")
+    return validate(cfg)
+
+
+# ---------------------------------------------------------------------------------------------
+# files, presets, overrides
+
+
+def preset_names() -> list[str]:
+    root = resources.files("fedsim") / "presets"
+    return sorted(p.name[: -len(".toml")] for p in root.iterdir() if p.name.endswith(".toml"))
+
+
+def _read_mapping(path: Path) -> dict[str, Any]:
+    suffix = path.suffix.lower()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError as err:
+        raise ConfigError(f"config file {path} does not exist") from err
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"config file {path} is not valid UTF-8: {err}") from err
+    try:
+        if suffix == ".toml":
+            data = tomllib.loads(text)
+        elif suffix in (".yaml", ".yml"):
+            data = yaml.safe_load(text)
+        elif suffix == ".json":
+            data = json.loads(text)
+        else:
+            raise ConfigError(f"config file {path}: unknown format {suffix!r}; use .toml, .yaml, .yml or .json")
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"config file {path}: invalid TOML: {err}") from err
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config file {path}: invalid YAML: {err}") from err
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"config file {path}: invalid JSON: {err}") from err
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path}: top level must be a table/mapping")
+    return data
+
+
+def load_mapping(source: str | Path | None) -> dict[str, Any]:
+    """The raw mapping of a config file path or a preset name (None: the default preset)."""
+    if source is None:
+        source = "fede-umls"
+    path = Path(source)
+    if path.suffix.lower() in (".toml", ".yaml", ".yml", ".json") or path.exists():
+        return _read_mapping(path)
+    name = str(source)
+    if name not in preset_names():
+        raise ConfigError(
+            f"{name!r} is neither a config file nor a preset; presets: {', '.join(preset_names())}"
+        )
+    text = (resources.files("fedsim") / "presets" / f"{name}.toml").read_text(encoding="utf-8")
+    return tomllib.loads(text)
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """Parse `a.b=value`; the value is read as a YAML scalar (numbers, booleans, null, strings)."""
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} must look like key=value (e.g. train.rounds=5)")
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"override {item!r} has an empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    if isinstance(value, (dict, list)):
+        raise ConfigError(f"override {item!r}: only scalar values can be set")
+    return key, value
+
+
+def apply_overrides(data: dict[str, Any], overrides: typing.Iterable[str]) -> dict[str, Any]:
+    """Return a copy of `data` with each `key=value` applied at its dotted path."""
+    data = json.loads(json.dumps(data))
+    for item in overrides:
+        key, value = parse_override(item)
+        parts = key.split(".")
+        node = data
+        cls: Any = ExperimentConfig
+        for depth, part in enumerate(parts):
+            valid = {f.name: f for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else {}
+            prefix = ".".join(parts[:depth])
+            if part not in valid:
+                raise ConfigError(
+                    f"unknown key {key!r} in --set; valid keys{' under ' + prefix if prefix else ''}: "
+                    f"{', '.join(sorted(valid))}"
+                )
+            cls = typing.get_type_hints(cls)[part]
+            if depth == len(parts) - 1:
+                if dataclasses.is_dataclass(cls):
+                    raise ConfigError(f"--set {key}: is a section; set one of its keys")
+                node[part] = value
+            else:
+                node = node.setdefault(part, {})
+                if not isinstance(node, dict):
+                    raise ConfigError(f"--set {key}: {'.'.join(parts[: depth + 1])} is not a section")
+    return data
+
+
+def load_config(source: str | Path | None = None, overrides: typing.Iterable[str] = ()) -> ExperimentConfig:
+    """Load a preset or file, apply overrides, validate."""
+    return from_dict(apply_overrides(load_mapping(source), overrides))

@@ -1,0 +1,116 @@
+"""Run one experiment in the configured runtime mode and write its run directory."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from fedsim.config import ExperimentConfig
+from fedsim.rundir import RunDir, environment_info, new_run_id
+from fedsim.runtime.supervise import ProgressFn
+
+
+def default_runs_dir() -> Path:
+    return Path(os.environ.get("FEDSIM_RUNS_DIR", "runs"))
+
+
+def prepare_run_dir(cfg: ExperimentConfig, out: str | os.PathLike[str] | None) -> RunDir:
+    """A fresh run directory holding the resolved config and the environment."""
+    path = Path(out) if out is not None else default_runs_dir() / new_run_id(cfg.name)
+    if path.exists() and any(path.iterdir()):
+        raise FileExistsError(f"run directory {path} exists and is not empty; choose another --out")
+    run_dir = RunDir(path).create()
+    run_dir.write_json("config.json", cfg.to_dict())
+    run_dir.write_json("environment.json", environment_info())
+    run_dir.set_status("created")
+    return run_dir
+
+
+def _run_local(run_dir: RunDir, cfg: ExperimentConfig, progress: ProgressFn | None) -> None:
+    """The same computation in one plain process, no Flower/Ray (also the baselines)."""
+    import numpy as np
+
+    from clients.fkge_app import hyper_params
+    from fedsim.kg.sequential import run_sequential
+
+    run_dir.set_status("running")
+    t0 = time.monotonic()
+
+    def on_round(row: dict[str, Any]) -> None:
+        row = {**row, "elapsed": time.monotonic() - t0}
+        run_dir.append_jsonl("metrics.jsonl", row)
+        if progress is not None:
+            progress(row)
+
+    result = run_sequential(
+        cfg.data.dataset, cfg.data.data_dir, cfg.data.partition, cfg.data.num_clients, cfg.seed,
+        hyper_params(cfg), cfg.train.rounds, cfg.train.eval_every, baseline=cfg.strategy.name,
+        on_round=on_round,
+    )
+    table = result.pop("final_table", None)
+    if table is not None:
+        np.save(run_dir.artifacts / "final_entity_table.npy", table)
+    result["strategy_seconds"] = time.monotonic() - t0
+    run_dir.write_json("result.json", result)
+    run_dir.set_status("finished")
+
+
+def summarize(run_dir: RunDir, cfg: ExperimentConfig, wall: float) -> dict[str, Any]:
+    result = run_dir.read_json("result.json")
+    rounds = result.get("rounds", [])
+    summary: dict[str, Any] = {
+        "run_id": run_dir.path.name,
+        "name": cfg.name,
+        "mode": cfg.runtime.mode,
+        "strategy": cfg.strategy.name,
+        "status": run_dir.status().get("state"),
+        "rounds": len(rounds),
+        "test": result.get("test"),
+        "valid": result.get("valid"),
+        "final_train_loss": rounds[-1].get("train_loss", rounds[-1].get("loss")) if rounds else None,
+        "wall_seconds": wall,
+        "strategy_seconds": result.get("strategy_seconds"),
+        "failures": result.get("failures", []),
+        "run_dir": str(run_dir.path),
+    }
+    if rounds and "bytes_up" in rounds[0]:
+        summary["bytes_per_round"] = {"down": rounds[-1]["bytes_down"], "up": rounds[-1]["bytes_up"]}
+    manifest = run_dir.path / "record" / "manifest.jsonl"
+    if manifest.exists():
+        with open(manifest, "rb") as fh:
+            summary["record_entries"] = sum(1 for _ in fh)
+    ray_info = run_dir.path / "ray.json"
+    if ray_info.exists():
+        summary["ray_startup_seconds"] = run_dir.read_json("ray.json")["startup_seconds"]
+    return summary
+
+
+def run_experiment(
+    cfg: ExperimentConfig, out: str | os.PathLike[str] | None = None, progress: ProgressFn | None = None
+) -> dict[str, Any]:
+    """Run `cfg` and return its summary (also written to summary.json)."""
+    run_dir = prepare_run_dir(cfg, out)
+    t0 = time.monotonic()
+    try:
+        if cfg.runtime.mode == "sim":
+            from fedsim.runtime.simulation import run_simulation_job
+
+            run_simulation_job(run_dir, cfg, progress)
+        elif cfg.runtime.mode == "deploy-local":
+            from fedsim.runtime.deploy_local import run_deploy_local_job
+
+            run_deploy_local_job(run_dir, cfg, progress)
+        else:
+            _run_local(run_dir, cfg, progress)
+    except BaseException as err:
+        if run_dir.status().get("state") != "failed":
+            run_dir.set_status("failed", error=f"{type(err).__name__}: {err}")
+        run_dir.write_json("summary.json", {"run_id": run_dir.path.name, "name": cfg.name, "mode": cfg.runtime.mode,
+                                            "status": "failed", "error": f"{type(err).__name__}: {err}",
+                                            "run_dir": str(run_dir.path)})
+        raise
+    summary = summarize(run_dir, cfg, time.monotonic() - t0)
+    run_dir.write_json("summary.json", summary)
+    return summary

@@ -1,0 +1,557 @@
+"""Durable, append-only recorder of federated messages.
+
+See :mod:`fedsim.record._format` for the on-disk layout.  Durability protocol for one
+message (all under a thread lock *and* an exclusive ``flock`` on the manifest, so that
+several threads or processes -- e.g. Ray actors hosting ClientApps of the same node --
+can share one record directory):
+
+1. the next ``seq`` is taken from the last complete manifest line;
+2. the arrays are written with ``np.savez`` (uncompressed) to a temp file in
+   ``payloads/``, flushed, ``fsync``-ed, ``os.replace``-d to ``{seq:08d}.npz`` and the
+   directory is ``fsync``-ed; the sha256 is computed from the final file's bytes;
+3. only then is the manifest line appended with a single ``os.write`` (line incl.
+   newline) and ``fsync``-ed.
+
+A crash can therefore leave an *orphan* payload (step 2 done, step 3 not), never a
+manifest line pointing at a missing or torn payload.  Every ``OSError`` becomes a
+:class:`RecordError` naming the file.  A failure in step 2 leaves nothing behind and
+the writer stays usable; a failure in step 3 truncates the manifest back to its previous
+length (best effort) and marks the writer broken: every later call raises.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import threading
+import time
+import uuid
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ._format import (
+    DIRECTIONS,
+    MANIFEST_NAME,
+    PAYLOAD_SUBDIR,
+    RECORD_SUBDIR,
+    TMP_MARKER,
+    RecordError,
+    is_int,
+    npz_keys,
+    payload_name,
+    payload_relpath,
+    record_to_json,
+)
+
+try:  # POSIX only; without it the writer is still thread-safe, not process-safe
+    import fcntl
+except ImportError:  # pragma: no cover
+    fcntl = None  # type: ignore[assignment]
+
+__all__ = ["RecordError", "RecordWriter", "message_to_parts"]
+
+ArrayKey = tuple[str, str]
+_NUMPY_STYPE = "numpy.ndarray"
+_CHUNK = 1 << 20
+
+
+# --------------------------------------------------------------------------- Message
+
+
+def _message_parts(
+    msg: Any,
+) -> tuple[
+    dict[ArrayKey, np.ndarray],
+    dict[ArrayKey, str],
+    dict[str, dict[str, Any]],
+    dict[str, dict[str, Any]],
+    dict[str, Any] | None,
+]:
+    arrays: dict[ArrayKey, np.ndarray] = {}
+    stypes: dict[ArrayKey, str] = {}
+    configs: dict[str, dict[str, Any]] = {}
+    metrics: dict[str, dict[str, Any]] = {}
+    error: dict[str, Any] | None = None
+    if msg.has_content():
+        content = msg.content
+        for rec_key, arr_rec in content.array_records.items():
+            for name, arr in arr_rec.items():
+                key = (str(rec_key), str(name))
+                if arr.stype == _NUMPY_STYPE:
+                    arrays[key] = arr.numpy()
+                else:  # unknown serialisation: keep the raw bytes, note the stype
+                    arrays[key] = np.frombuffer(bytes(arr.data), dtype=np.uint8).copy()
+                stypes[key] = str(arr.stype)
+        for rec_key, cfg in content.config_records.items():
+            configs[str(rec_key)] = dict(cfg)
+        for rec_key, met in content.metric_records.items():
+            metrics[str(rec_key)] = dict(met)
+    if msg.has_error():
+        err = msg.error
+        error = {"code": int(err.code), "reason": err.reason}
+    return arrays, stypes, configs, metrics, error
+
+
+def message_to_parts(
+    msg: Any,
+) -> tuple[
+    dict[ArrayKey, np.ndarray],
+    dict[str, dict[str, Any]],
+    dict[str, dict[str, Any]],
+    dict[str, Any] | None,
+]:
+    """Split a ``flwr.app.Message`` into plain Python/numpy parts.
+
+    Returns ``(arrays, configs, metrics, error)``:
+
+    * ``arrays``: ``{(record_key, array_name): np.ndarray}`` (exact dtype/shape; an
+      ``Array`` whose ``stype`` is not ``"numpy.ndarray"`` is returned as its raw bytes,
+      a ``uint8`` vector);
+    * ``configs`` / ``metrics``: ``{record_key: {key: value}}`` (values as stored in
+      the records, ``bytes`` included);
+    * ``error``: ``None`` or ``{"code": int, "reason": str | None}``.
+
+    The message is only read, never modified.
+    """
+    arrays, _stypes, configs, metrics, error = _message_parts(msg)
+    return arrays, configs, metrics, error
+
+
+# --------------------------------------------------------------------------- low-level IO
+
+
+class _FdWriter(io.RawIOBase):
+    """Seekable raw writer on an fd; every byte goes through ``os.write``."""
+
+    def __init__(self, fd: int) -> None:
+        super().__init__()
+        self._fd = fd
+
+    def writable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def readable(self) -> bool:
+        return False
+
+    def write(self, b: Any) -> int:  # type: ignore[override]
+        view = memoryview(b).cast("B")
+        total = len(view)
+        done = 0
+        while done < total:
+            n = os.write(self._fd, view[done:])
+            if n <= 0:  # pragma: no cover - defensive
+                raise OSError("os.write wrote 0 bytes")
+            done += n
+        return total
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        return os.lseek(self._fd, offset, whence)
+
+    def tell(self) -> int:
+        return os.lseek(self._fd, 0, os.SEEK_CUR)
+
+    def close(self) -> None:  # the fd is owned by the caller
+        super().close()
+
+
+def _fsync_dir(path: Path) -> None:
+    flags = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0)
+    fd = os.open(path, flags)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _sha256_file(path: Path) -> tuple[str, int]:
+    h = hashlib.sha256()
+    size = 0
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        while True:
+            chunk = os.read(fd, _CHUNK)
+            if not chunk:
+                break
+            h.update(chunk)
+            size += len(chunk)
+    finally:
+        os.close(fd)
+    return h.hexdigest(), size
+
+
+# --------------------------------------------------------------------------- writer
+
+
+class RecordWriter:
+    """Append-only recorder for one run directory.
+
+    Parameters
+    ----------
+    run_dir:
+        The run directory; records go to ``run_dir/record/``.
+    run_id:
+        Written into every manifest line.
+
+    The writer is thread-safe and (on POSIX) process-safe: several writers -- in this or
+    other processes -- may append to the same directory; ``seq`` stays contiguous.
+    Appending to a manifest whose last line is torn (a crash mid-write) is refused with
+    :class:`RecordError`; run :func:`fedsim.record.verify_run` and repair it by hand.
+    """
+
+    def __init__(self, run_dir: str | os.PathLike[str], run_id: int) -> None:
+        self.run_dir = Path(run_dir)
+        self.run_id = int(run_id)
+        self.record_dir = self.run_dir / RECORD_SUBDIR
+        self.payload_dir = self.record_dir / PAYLOAD_SUBDIR
+        self.manifest_path = self.record_dir / MANIFEST_NAME
+        self._lock = threading.Lock()
+        self._broken: str | None = None
+        self._closed = False
+        self._known_size = 0  # manifest size after our last look at it
+        self._last_seq = 0
+        try:
+            self.payload_dir.mkdir(parents=True, exist_ok=True)
+            self._fd = os.open(
+                self.manifest_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644
+            )
+        except OSError as exc:
+            raise RecordError(
+                f"cannot open record manifest {self.manifest_path}: {exc}"
+            ) from exc
+        try:
+            _fsync_dir(self.record_dir)
+            _fsync_dir(self.run_dir)
+        except OSError as exc:
+            os.close(self._fd)
+            raise RecordError(f"cannot fsync {self.record_dir}: {exc}") from exc
+
+    # ------------------------------------------------------------------ lifecycle
+    def close(self) -> None:
+        """Close the manifest file descriptor (idempotent)."""
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                os.close(self._fd)
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def __enter__(self) -> RecordWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ public API
+    def record(
+        self,
+        message: Any,
+        *,
+        direction: str,
+        round: int,  # noqa: A002 - manifest field name
+        message_id: str | None = None,
+        kind: str | None = None,
+    ) -> dict[str, Any]:
+        """Record a ``flwr.app.Message``; return the manifest entry written.
+
+        ``node_id`` is the destination node for ``direction="down"`` and the source node
+        for ``direction="up"``; ``kind`` defaults to the message's ``message_type`` and
+        ``message_id`` to ``message.metadata.message_id`` (pass the id a Grid returned
+        if it differs).  The message is not modified.
+        """
+        if direction not in DIRECTIONS:
+            raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
+        md = message.metadata
+        arrays, stypes, configs, metrics, error = _message_parts(message)
+        node_id = md.dst_node_id if direction == "down" else md.src_node_id
+        return self.record_arrays(
+            direction=direction,
+            round=round,
+            node_id=int(node_id),
+            kind=str(md.message_type) if kind is None else str(kind),
+            arrays=arrays,
+            configs=configs,
+            metrics=metrics,
+            error=error,
+            message_id=str(md.message_id or "") if message_id is None else str(message_id),
+            reply_to=str(md.reply_to_message_id) if md.reply_to_message_id else None,
+            group_id=str(md.group_id or ""),
+            stypes=stypes,
+        )
+
+    def record_arrays(  # pylint: disable=too-many-arguments,too-many-locals
+        self,
+        *,
+        direction: str,
+        round: int,  # noqa: A002 - manifest field name
+        node_id: int,
+        kind: str,
+        arrays: Mapping[Any, Any] | None = None,
+        configs: Mapping[str, Mapping[str, Any]] | None = None,
+        metrics: Mapping[str, Mapping[str, Any]] | None = None,
+        error: Any = None,
+        message_id: str = "",
+        reply_to: str | None = None,
+        group_id: str = "",
+        stypes: Mapping[ArrayKey, str] | None = None,
+    ) -> dict[str, Any]:
+        """Record a message given as plain parts (for callers without Flower messages).
+
+        ``arrays`` is either ``{(record_key, name): array}`` or the nested form
+        ``{record_key: {name: array}}``; array-likes are converted with
+        ``np.asarray``.  ``configs``/``metrics`` are ``{record_key: {key: value}}``.
+        ``error`` is ``None``, ``{"code": int, "reason": str}`` or an object with
+        ``code``/``reason`` attributes (``flwr.app.Error``).
+        """
+        if direction not in DIRECTIONS:
+            raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
+        if not is_int(round):
+            raise TypeError(f"round must be an int, got {round!r}")
+        if not is_int(node_id):
+            raise TypeError(f"node_id must be an int, got {node_id!r}")
+        flat = _flatten_arrays(arrays or {})
+        pairs = list(flat)
+        keys = npz_keys(pairs)
+        specs = []
+        for (rec, name), key in zip(pairs, keys, strict=True):
+            arr = flat[(rec, name)]
+            spec = {
+                "record": rec,
+                "name": name,
+                "shape": [int(d) for d in arr.shape],
+                "dtype": str(arr.dtype),
+                "nbytes": int(arr.nbytes),
+                "key": key,
+            }
+            stype = (stypes or {}).get((rec, name), _NUMPY_STYPE)
+            if stype != _NUMPY_STYPE:
+                spec["stype"] = stype
+            specs.append(spec)
+        cfg_json = {str(k): record_to_json(v) for k, v in (configs or {}).items()}
+        met_json = {str(k): record_to_json(v) for k, v in (metrics or {}).items()}
+        err_json = _error_to_json(error)
+
+        with self._lock:
+            self._check_usable()
+            with _FileLock(self._fd, self.manifest_path):
+                seq = self._next_seq()
+                payload = sha = None
+                payload_bytes = 0
+                if flat:
+                    sha, payload_bytes = self._write_payload(seq, flat, pairs, keys)
+                    payload = payload_relpath(seq)
+                entry: dict[str, Any] = {
+                    "seq": seq,
+                    "run_id": self.run_id,
+                    "round": int(round),
+                    "direction": direction,
+                    "node_id": int(node_id),
+                    "kind": str(kind),
+                    "message_id": str(message_id or ""),
+                    "reply_to": str(reply_to) if reply_to else None,
+                    "group_id": str(group_id or ""),
+                    "arrays": specs,
+                    "configs": cfg_json,
+                    "metrics": met_json,
+                    "error": err_json,
+                    "payload": payload,
+                    "payload_bytes": payload_bytes,
+                    "sha256": sha,
+                    "time": time.time(),
+                }
+                self._append_line(entry)
+                return entry
+
+    # ------------------------------------------------------------------ internals
+    def _check_usable(self) -> None:
+        if self._closed:
+            raise RecordError(f"record writer for {self.record_dir} is closed")
+        if self._broken is not None:
+            raise RecordError(
+                f"record writer for {self.record_dir} is unusable after an earlier "
+                f"failure: {self._broken}"
+            )
+
+    def _next_seq(self) -> int:
+        """Next seq, from the manifest's last complete line (another writer may append)."""
+        try:
+            size = os.fstat(self._fd).st_size
+        except OSError as exc:
+            raise RecordError(f"cannot stat {self.manifest_path}: {exc}") from exc
+        if size != self._known_size:
+            self._last_seq = self._scan_last_seq(size)
+            self._known_size = size
+        return self._last_seq + 1
+
+    def _scan_last_seq(self, size: int) -> int:
+        if size == 0:
+            return 0
+        try:
+            with open(self.manifest_path, "rb") as fh:
+                fh.seek(size - 1)
+                if fh.read(1) != b"\n":
+                    raise RecordError(
+                        f"manifest {self.manifest_path} ends with a torn line (crash "
+                        "during a write?); refusing to append -- run verify_run() and "
+                        "remove the torn tail"
+                    )
+                # read backwards until the start of the last line is found
+                block = 1 << 16
+                start = size - 1
+                tail = b""
+                while True:
+                    lo = max(0, start - block)
+                    fh.seek(lo)
+                    tail = fh.read(start - lo) + tail
+                    start = lo
+                    nl = tail.rfind(b"\n")
+                    if nl >= 0 or lo == 0:
+                        last = tail[nl + 1 :] if nl >= 0 else tail
+                        break
+                    block *= 2
+        except OSError as exc:
+            raise RecordError(f"cannot read {self.manifest_path}: {exc}") from exc
+        try:
+            seq = json.loads(last)["seq"]
+        except (ValueError, TypeError, KeyError) as exc:
+            raise RecordError(
+                f"manifest {self.manifest_path}: last line is not a valid entry "
+                f"({exc}); refusing to append"
+            ) from exc
+        if not is_int(seq) or seq < 1:
+            raise RecordError(f"manifest {self.manifest_path}: invalid last seq {seq!r}")
+        return seq
+
+    def _write_payload(
+        self,
+        seq: int,
+        flat: dict[ArrayKey, np.ndarray],
+        pairs: list[ArrayKey],
+        keys: list[str],
+    ) -> tuple[str, int]:
+        final = self.payload_dir / payload_name(seq)
+        tmp = self.payload_dir / (
+            f".{payload_name(seq)}{TMP_MARKER}{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        )
+        to_save = {key: flat[pair] for pair, key in zip(pairs, keys, strict=True)}
+        fd = -1
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            with _FdWriter(fd) as raw:
+                np.savez(raw, **to_save)
+            os.fsync(fd)
+            os.close(fd)
+            fd = -1
+            os.replace(tmp, final)
+            _fsync_dir(self.payload_dir)
+            return _sha256_file(final)
+        except OSError as exc:
+            if fd >= 0:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+            for path in (tmp, final):
+                try:
+                    path.unlink()
+                except OSError:
+                    pass
+            raise RecordError(
+                f"cannot write record payload {final} (seq {seq}): {exc}"
+            ) from exc
+
+    def _append_line(self, entry: dict[str, Any]) -> None:
+        data = (json.dumps(entry, separators=(",", ":")) + "\n").encode("utf-8")
+        before = self._known_size
+        try:
+            n = os.write(self._fd, data)
+            if n != len(data):
+                raise OSError(f"short write: {n} of {len(data)} bytes")
+            os.fsync(self._fd)
+        except OSError as exc:
+            self._broken = f"manifest write failed: {exc}"
+            try:
+                os.ftruncate(self._fd, before)
+                os.fsync(self._fd)
+            except OSError:
+                pass
+            raise RecordError(
+                f"cannot append to record manifest {self.manifest_path} "
+                f"(seq {entry['seq']}): {exc}"
+            ) from exc
+        self._known_size = before + len(data)
+        self._last_seq = entry["seq"]
+
+
+class _FileLock:
+    """Exclusive ``flock`` on the manifest fd (cross-process); no-op without fcntl."""
+
+    def __init__(self, fd: int, path: Path) -> None:
+        self._fd = fd
+        self._path = path
+
+    def __enter__(self) -> _FileLock:
+        if fcntl is not None:
+            try:
+                fcntl.flock(self._fd, fcntl.LOCK_EX)
+            except OSError as exc:
+                raise RecordError(f"cannot lock {self._path}: {exc}") from exc
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if fcntl is not None:
+            try:
+                fcntl.flock(self._fd, fcntl.LOCK_UN)
+            except OSError:
+                pass
+
+
+def _flatten_arrays(arrays: Mapping[Any, Any]) -> dict[ArrayKey, np.ndarray]:
+    flat: dict[ArrayKey, np.ndarray] = {}
+    for key, value in arrays.items():
+        if isinstance(key, tuple):
+            if len(key) != 2:
+                raise TypeError(f"array key must be (record, name), got {key!r}")
+            flat[(str(key[0]), str(key[1]))] = _as_array(value)
+        elif isinstance(key, str) and isinstance(value, Mapping):
+            for name, arr in value.items():
+                flat[(key, str(name))] = _as_array(arr)
+        else:
+            raise TypeError(
+                "arrays must map (record, name) -> array or record -> {name: array}; "
+                f"got key {key!r} with value of type {type(value).__name__}"
+            )
+    return flat
+
+
+def _as_array(value: Any) -> np.ndarray:
+    if not isinstance(value, np.ndarray) and callable(getattr(value, "numpy", None)):
+        # flwr.app.Array or torch.Tensor
+        if hasattr(value, "detach"):
+            value = value.detach().cpu()
+        value = value.numpy()
+    arr = np.asarray(value)
+    if arr.dtype.hasobject:
+        raise TypeError("object arrays cannot be recorded")
+    return arr
+
+
+def _error_to_json(error: Any) -> dict[str, Any] | None:
+    if error is None:
+        return None
+    if isinstance(error, Mapping):
+        code, reason = error.get("code"), error.get("reason")
+    else:
+        code, reason = getattr(error, "code", None), getattr(error, "reason", None)
+    if not is_int(code):
+        raise TypeError(f"error code must be an int, got {code!r}")
+    return {"code": int(code), "reason": None if reason is None else str(reason)}

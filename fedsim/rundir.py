@@ -1,0 +1,126 @@
+"""The run directory: resolved config, environment, status, per-round metrics, summary."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import secrets
+import sys
+import threading
+import time
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+PACKAGES = ("fedsim", "flwr", "ray", "torch", "pykeen", "numpy", "opacus", "xgboost", "grpcio", "dp-accounting")
+
+
+def _default(obj: Any) -> Any:
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON-serialisable: {type(obj).__name__}")
+
+
+def dumps(obj: Any, indent: int | None = None) -> str:
+    return json.dumps(obj, default=_default, indent=indent, sort_keys=indent is not None)
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    """Write JSON to a temp file, fsync, rename: readers never see a torn file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(dumps(obj, indent=2) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def new_run_id(name: str) -> str:
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    return f"{name}-{stamp}-{secrets.token_hex(3)}"
+
+
+def environment_info() -> dict[str, Any]:
+    versions = {}
+    for pkg in PACKAGES:
+        try:
+            versions[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            versions[pkg] = None
+    return {
+        "python": sys.version.split()[0],
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "packages": versions,
+    }
+
+
+class RunDir:
+    """Files of one run under `path`."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path).resolve()
+        self._lock = threading.Lock()
+
+    def create(self) -> RunDir:
+        self.path.mkdir(parents=True, exist_ok=True)
+        for sub in ("logs", "artifacts", "state"):
+            (self.path / sub).mkdir(exist_ok=True)
+        return self
+
+    @property
+    def logs(self) -> Path:
+        return self.path / "logs"
+
+    @property
+    def artifacts(self) -> Path:
+        return self.path / "artifacts"
+
+    @property
+    def state(self) -> Path:
+        """Flower/Ray state of this run (FLWR_HOME, Ray temp dir, SuperLink database)."""
+        return self.path / "state"
+
+    def write_json(self, name: str, obj: Any) -> None:
+        write_json_atomic(self.path / name, obj)
+
+    def read_json(self, name: str) -> Any:
+        return json.loads((self.path / name).read_text(encoding="utf-8"))
+
+    def append_jsonl(self, name: str, obj: Any) -> None:
+        line = dumps(obj) + "\n"
+        with self._lock, open(self.path / name, "a", encoding="utf-8") as fh:
+            fh.write(line)
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    def read_jsonl(self, name: str) -> list[Any]:
+        path = self.path / name
+        if not path.exists():
+            return []
+        rows = []
+        for line in path.read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError:
+                    break  # a torn last line while the writer is busy
+        return rows
+
+    def set_status(self, state: str, **extra: Any) -> None:
+        self.write_json("status.json", {"state": state, "time": time.time(), **extra})
+
+    def status(self) -> dict[str, Any]:
+        try:
+            return self.read_json("status.json")
+        except (FileNotFoundError, json.JSONDecodeError):
+            return {"state": "unknown"}

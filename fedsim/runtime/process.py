@@ -1,0 +1,143 @@
+"""Starting, watching and stopping the OS processes of a run, always by PID."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import psutil
+
+
+class RuntimeFailure(RuntimeError):
+    """A runtime (backend, SuperLink, SuperNode) failed or did not finish in time."""
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that is free on `host` right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def descendants(pid: int) -> list[psutil.Process]:
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+
+
+def stop_tree(pid: int, grace: float = 5.0) -> None:
+    """SIGTERM `pid` and every descendant (collected first), then SIGKILL what is left."""
+    procs: list[psutil.Process] = []
+    try:
+        procs.append(psutil.Process(pid))
+    except psutil.NoSuchProcess:
+        pass
+    procs.extend(descendants(pid))
+    for proc in procs:
+        try:
+            proc.send_signal(signal.SIGTERM)
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(procs, timeout=grace)
+    for proc in alive:
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(alive, timeout=grace)
+
+
+class ManagedProcess:
+    """A child process with its own session and a log file; stopped by PID with its descendants."""
+
+    def __init__(self, name: str, argv: Sequence[str], log_path: Path, env: dict[str, str], cwd: Path | None = None):
+        self.name = name
+        self.argv = list(argv)
+        self.log_path = log_path
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log = open(log_path, "ab")
+        self.popen = subprocess.Popen(
+            self.argv, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            env=env, cwd=cwd, start_new_session=True,
+        )
+        self.pid = self.popen.pid
+        self.known: set[int] = set()
+
+    def remember_descendants(self) -> None:
+        """Note descendants while alive, so that they can be stopped even after re-parenting."""
+        self.known.update(p.pid for p in descendants(self.pid))
+
+    def poll(self) -> int | None:
+        return self.popen.poll()
+
+    def stop(self, grace: float = 5.0) -> None:
+        self.remember_descendants()
+        stop_tree(self.pid, grace)
+        for pid in self.known:
+            stop_tree(pid, grace)
+        try:
+            self.popen.wait(timeout=grace)
+        except subprocess.TimeoutExpired:  # pragma: no cover - SIGKILL was sent above
+            pass
+        self._log.close()
+
+    def tail(self, lines: int = 30) -> str:
+        try:
+            text = self.log_path.read_text(encoding="utf-8", errors="replace")
+        except FileNotFoundError:
+            return ""
+        return "\n".join(text.splitlines()[-lines:])
+
+
+class ProcessSet:
+    """Every process a run started; `stop_all` stops them in reverse start order."""
+
+    def __init__(self) -> None:
+        self.procs: list[ManagedProcess] = []
+
+    def start(self, name: str, argv: Sequence[str], log_path: Path, env: dict[str, str], cwd: Path | None = None) -> ManagedProcess:
+        proc = ManagedProcess(name, argv, log_path, env, cwd)
+        self.procs.append(proc)
+        return proc
+
+    def remember_descendants(self) -> None:
+        for proc in self.procs:
+            proc.remember_descendants()
+
+    def stop_all(self, grace: float = 5.0) -> None:
+        for proc in reversed(self.procs):
+            proc.stop(grace)
+
+    def __enter__(self) -> ProcessSet:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop_all()
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float, what: str, interval: float = 0.2,
+               check: Callable[[], None] | None = None) -> None:
+    """Poll `predicate` until true; `check` may raise to abort early; RuntimeFailure on timeout."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if check is not None:
+            check()
+        if time.monotonic() >= deadline:
+            raise RuntimeFailure(f"{what} did not happen within {timeout:g} s")
+        time.sleep(interval)
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # pragma: no cover
+        return True
+    return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE

@@ -1,0 +1,181 @@
+"""FedE server strategy: the global entity table, row-only exchange, mean over holders."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app.message_type import MessageType
+from flwr.serverapp import Grid
+
+from fedsim.config import ExperimentConfig
+from fedsim.kg.aggregation import UpdateRejected, fede_aggregate, validate_update
+from fedsim.kg.evaluation import weighted_average
+from fedsim.kg.models import init_table, make_interaction
+from servers.loop import ExchangeResult, RoundFailed, RoundStrategy
+
+ROWS = "rows"  # ArrayRecord key of entity ids + rows, both directions
+IDS, VALUES = "entity-ids", "entity-rows"
+
+
+@dataclass
+class ClientInfo:
+    """What the server learns of a client at registration."""
+
+    partition_id: int
+    node_id: int
+    entity_ids: np.ndarray
+    num_train: int
+
+
+def rows_record(ids: np.ndarray, rows: np.ndarray) -> ArrayRecord:
+    return ArrayRecord({IDS: Array(np.ascontiguousarray(ids, dtype=np.int64)), VALUES: Array(np.ascontiguousarray(rows))})
+
+
+def read_rows(msg: Message) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, rows) of a message; raises UpdateRejected when the record is absent or malformed."""
+    if ROWS not in msg.content.array_records:
+        raise UpdateRejected(f"reply has no ArrayRecord {ROWS!r}")
+    record = msg.content.array_records[ROWS]
+    missing = {IDS, VALUES} - set(record.keys())
+    if missing:
+        raise UpdateRejected(f"reply ArrayRecord {ROWS!r} lacks {sorted(missing)}")
+    try:
+        return record[IDS].numpy(), record[VALUES].numpy()
+    except Exception as err:  # undecodable bytes in a reply must not crash the round
+        raise UpdateRejected(f"reply arrays cannot be decoded: {err}") from err
+
+
+class FedEStrategy(RoundStrategy):
+    """FedE (Chen et al., IJCKG'21) with the server-held entity table, rows-only messages."""
+
+    def __init__(
+        self,
+        cfg: ExperimentConfig,
+        on_reject: Callable[[dict[str, Any]], None] | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.on_reject = on_reject or (lambda _event: None)
+        self.interaction = make_interaction(
+            cfg.model.name, cfg.model.hidden_dim, gamma=cfg.model.gamma, epsilon=cfg.model.epsilon
+        )
+        self.clients: dict[int, ClientInfo] = {}  # by partition id
+        self.table: np.ndarray | None = None
+        self.initial_table: np.ndarray | None = None
+
+    # -- registration ----------------------------------------------------------------------
+    def setup(self, grid: Grid, node_ids: list[int], run_exchange: Callable[..., ExchangeResult]) -> None:
+        config = ConfigRecord({"fedsim-config": self.cfg.to_json(), "server-round": 0})
+        messages = [
+            Message(RecordDict({"config": config}), dst_node_id=node, message_type=MessageType.QUERY, group_id="0")
+            for node in node_ids
+        ]
+        result = run_exchange(messages, "query")
+        num_entities = set()
+        for reply in result.replies:
+            metrics = reply.content.metric_records["metrics"]
+            pid = int(metrics["partition-id"])
+            if pid in self.clients:
+                raise RoundFailed(f"two nodes registered partition-id {pid}")
+            ids = reply.content.array_records["entities"][IDS].numpy()
+            self.clients[pid] = ClientInfo(pid, reply.metadata.src_node_id, ids, int(metrics["num-train"]))
+            num_entities.add(int(metrics["num-entities"]))
+        expected = set(range(self.cfg.data.num_clients))
+        if set(self.clients) != expected:
+            raise RoundFailed(
+                f"registered partition ids {sorted(self.clients)} do not match 0..{self.cfg.data.num_clients - 1}"
+            )
+        if len(num_entities) != 1:
+            raise RoundFailed(f"clients disagree on the global entity count: {sorted(num_entities)}")
+        n = num_entities.pop()
+        rng = np.random.default_rng(self.cfg.seed)
+        self.table = init_table(
+            n, self.interaction.entity_dim(), self.cfg.model.hidden_dim, self.cfg.model.gamma,
+            self.cfg.model.epsilon, rng,
+        )
+        self.initial_table = self.table.copy()
+
+    def min_replies(self, kind: str, num_sent: int) -> int:
+        if kind == "query":
+            return num_sent
+        return min(num_sent, self.cfg.strategy.min_clients or num_sent)
+
+    # -- messages --------------------------------------------------------------------------
+    def _messages(self, server_round: int, message_type: str, extra: dict[str, Any]) -> list[Message]:
+        assert self.table is not None
+        out = []
+        for pid in sorted(self.clients):
+            info = self.clients[pid]
+            content = RecordDict(
+                {
+                    ROWS: rows_record(info.entity_ids, self.table[info.entity_ids]),
+                    "config": ConfigRecord({"server-round": server_round, **extra}),
+                }
+            )
+            out.append(Message(content, dst_node_id=info.node_id, message_type=message_type, group_id=str(server_round)))
+        return out
+
+    def configure_train(self, server_round: int, grid: Grid) -> list[Message]:
+        return self._messages(server_round, MessageType.TRAIN, {})
+
+    def configure_evaluate(self, server_round: int, grid: Grid, split: str) -> list[Message]:
+        return self._messages(server_round, MessageType.EVALUATE, {"split": split})
+
+    # -- aggregation -----------------------------------------------------------------------
+    def _client_of(self, reply: Message) -> ClientInfo | None:
+        for info in self.clients.values():
+            if info.node_id == reply.metadata.src_node_id:
+                return info
+        return None
+
+    def _reject(self, server_round: int, reply: Message, reason: str) -> None:
+        self.on_reject(
+            {"round": server_round, "node_id": reply.metadata.src_node_id,
+             "message_id": reply.metadata.message_id, "reason": reason}
+        )
+
+    def aggregate_train(self, server_round: int, result: ExchangeResult) -> dict[str, Any]:
+        assert self.table is not None
+        accepted: list[tuple[int, np.ndarray, np.ndarray, float, float]] = []
+        for reply in result.replies:
+            info = self._client_of(reply)
+            try:
+                if info is None:
+                    raise UpdateRejected(f"reply from unregistered node {reply.metadata.src_node_id}")
+                ids, rows = read_rows(reply)
+                validate_update(ids, rows, info.entity_ids, self.table.shape[1])
+                metrics = reply.content.metric_records.get("metrics", MetricRecord())
+                loss = float(metrics.get("loss", float("nan")))
+            except UpdateRejected as err:
+                self._reject(server_round, reply, str(err))
+                continue
+            accepted.append((info.partition_id, ids, rows, float(info.num_train), loss))
+        needed = self.min_replies("train", len(self.clients))
+        if len(accepted) < needed:
+            raise RoundFailed(f"round {server_round}: {len(accepted)} valid updates, {needed} needed")
+        accepted.sort(key=lambda item: item[0])  # deterministic order: partition id
+        weights = [a[3] for a in accepted] if self.cfg.strategy.aggregation == "count-weighted" else None
+        self.table = fede_aggregate(self.table, [(a[1], a[2]) for a in accepted], weights=weights)
+        # the train-count-weighted mean client loss, as the sequential runner reports it
+        loss = float(np.average([a[4] for a in accepted], weights=[a[3] for a in accepted]))
+        return {"train_loss": loss, "clients": [a[0] for a in accepted],
+                "rejected": len(result.replies) - len(accepted)}
+
+    def aggregate_evaluate(self, server_round: int, result: ExchangeResult, split: str) -> dict[str, Any]:
+        per_client = []
+        for reply in result.replies:
+            metrics = reply.content.metric_records.get("metrics")
+            if metrics is None or "count" not in metrics:
+                self._reject(server_round, reply, "evaluate reply without metrics")
+                continue
+            values = {k: float(v) for k, v in metrics.items()}
+            if not all(np.isfinite(v) for v in values.values()):
+                self._reject(server_round, reply, f"non-finite evaluation metrics {values}")
+                continue
+            per_client.append(values)
+        if not per_client:
+            raise RoundFailed(f"round {server_round}: no usable {split} evaluation")
+        return weighted_average(per_client)

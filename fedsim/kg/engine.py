@@ -8,7 +8,7 @@ from contextlib import contextmanager
 import numpy as np
 import torch
 
-from fedsim.kg.evaluation import metrics_from_ranks, rank_tails
+from fedsim.kg.evaluation import TailFilter, metrics_from_ranks, rank_tails
 from fedsim.kg.models import Interaction, init_table, make_interaction
 from fedsim.kg.partition import ClientKG
 from fedsim.kg.training import KGEHyperParams, train_epochs, triple_keys
@@ -49,7 +49,7 @@ class FedEClientEngine:
         self.num_relations = client.num_relations
         self._splits = {name: self._localise(getattr(client, name)) for name in ("train", "valid", "test")}
         self._train_keys = self._sorted_keys(self._splits["train"])
-        self._filter_keys = self._sorted_keys(torch.cat(list(self._splits.values())))
+        self._filter = TailFilter(torch.cat(list(self._splits.values())), self.num_relations, self.num_entities)
         self._entities: torch.nn.Parameter | None = None
         self._relations: torch.nn.Parameter | None = None
         self._optimizer: torch.optim.Optimizer | None = None
@@ -118,8 +118,7 @@ class FedEClientEngine:
             entities, relations = self._load(ent_np, rel_np)
             if p.reset_optimizer or self._optimizer is None:
                 # FedE builds a new Adam([R_c, E_c]) every round (spec section 2.3)
-                # foreach=False is what CPU tensors get by default anyway; saying so skips a ~1 s lazy torch._dynamo
-                # import on the first step (which matters in short-lived simulation actors)
+                # foreach=False: the CPU default, pinned so the update order never depends on torch's heuristics
                 self._optimizer = torch.optim.Adam([relations, entities], lr=p.lr, foreach=False)
             generator = torch.Generator().manual_seed(
                 derive_seed(self.seed, self.client.client_id, int(server_round), _TAG_TRAIN)
@@ -152,7 +151,7 @@ class FedEClientEngine:
                 torch.from_numpy(ent_np),
                 torch.from_numpy(rel_np),
                 self._splits[split],
-                self._filter_keys,
+                self._filter,
                 self.params.eval_batch_size,
             )
         return metrics_from_ranks(ranks)

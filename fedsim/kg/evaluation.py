@@ -9,15 +9,46 @@ import numpy as np
 import torch
 
 from fedsim.kg.models import Interaction
-from fedsim.kg.training import isin_sorted, triple_keys
 
-__all__ = ["HITS_AT", "METRIC_KEYS", "metrics_from_ranks", "rank_tails", "weighted_average"]
+__all__ = ["HITS_AT", "METRIC_KEYS", "TailFilter", "metrics_from_ranks", "rank_tails", "weighted_average"]
 
 HITS_AT: tuple[int, ...] = (1, 3, 5, 10)
 METRIC_KEYS: tuple[str, ...] = ("mrr", "mr") + tuple(f"hits_at_{k}" for k in HITS_AT)
 
-# cap on elements of the [batch, candidates, dim] score intermediate (~64 MiB of float32)
+# cap on elements of a [batch, candidates, dim] score intermediate (~64 MiB of float32)
 _MAX_SCORE_ELEMENTS = 1 << 24
+
+
+class TailFilter:
+    """Known true tails per (h, r) of local-id triples, in CSR form, for filtered ranking."""
+
+    def __init__(self, triples: torch.Tensor, num_relations: int, num_entities: int) -> None:
+        """Index `triples` [m, 3] (local ids) by (h, r)."""
+        self.num_relations = int(num_relations)
+        self.num_entities = int(num_entities)
+        hr = triples[:, 0] * self.num_relations + triples[:, 1]
+        order = torch.argsort(hr * self.num_entities + triples[:, 2], stable=True)
+        hr_sorted = hr[order]
+        self.tails = triples[order, 2].contiguous()
+        self.keys, counts = torch.unique_consecutive(hr_sorted, return_counts=True)
+        self.offsets = torch.cat([torch.zeros(1, dtype=torch.long), torch.cumsum(counts, 0)])
+
+    def mask(self, h: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+        """[b, num_entities] True where the candidate tail is a known true tail of (h[i], r[i])."""
+        b = h.shape[0]
+        out = torch.zeros(b, self.num_entities, dtype=torch.bool)
+        if self.keys.numel() == 0 or b == 0:
+            return out
+        hr = h * self.num_relations + r
+        pos = torch.searchsorted(self.keys, hr).clamp_(max=self.keys.numel() - 1)
+        found = self.keys[pos] == hr
+        starts = self.offsets[pos]
+        counts = torch.where(found, self.offsets[pos + 1] - starts, 0)
+        rows = torch.repeat_interleave(torch.arange(b), counts)
+        first = torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
+        idx = torch.repeat_interleave(starts, counts) + torch.arange(rows.numel()) - first
+        out[rows, self.tails[idx]] = True
+        return out
 
 
 @torch.no_grad()
@@ -26,30 +57,22 @@ def rank_tails(
     entities: torch.Tensor,
     relations: torch.Tensor,
     queries: torch.Tensor,
-    filter_keys: torch.Tensor,
+    tail_filter: TailFilter,
     batch_size: int,
 ) -> np.ndarray:
     """Realistic filtered tail ranks (float64) of local-id `queries` among all local entities.
 
     rank = 1 + #(score > s_t) + 0.5 * #(score == s_t), counting only candidates that are not known true tails of
-    (h, r) (`filter_keys`: sorted keys of the client's train+valid+test) and are not the test tail itself.
+    (h, r) (`tail_filter`: the client's train+valid+test) and are not the test tail itself.
     """
-    n_ent, n_rel = entities.shape[0], relations.shape[0]
     ranks = np.empty(queries.shape[0], dtype=np.float64)
-    candidates = torch.arange(n_ent)
-    chunk = max(1, _MAX_SCORE_ELEMENTS // max(1, batch_size * entities.shape[1]))
     for start in range(0, queries.shape[0], batch_size):
         q = queries[start : start + batch_size]
         h, r, t = q[:, 0], q[:, 1], q[:, 2]
-        eh, er = entities[h].unsqueeze(1), relations[r].unsqueeze(1)
-        scores = torch.cat(
-            [interaction.score(eh, er, entities[c0 : c0 + chunk].unsqueeze(0)) for c0 in range(0, n_ent, chunk)],
-            dim=1,
-        )
+        scores = interaction.score_all(entities[h], relations[r], entities, max_elements=_MAX_SCORE_ELEMENTS)
         rows = torch.arange(q.shape[0])
         target = scores[rows, t].unsqueeze(1)
-        keys = triple_keys(h, r, torch.zeros_like(h), n_rel, n_ent).unsqueeze(1) + candidates.unsqueeze(0)
-        excluded = isin_sorted(keys, filter_keys)
+        excluded = tail_filter.mask(h, r)
         excluded[rows, t] = True
         kept = ~excluded
         greater = ((scores > target) & kept).sum(dim=1)

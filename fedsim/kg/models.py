@@ -83,6 +83,32 @@ class Interaction:
         return self.gamma - modulus.sum(dim=-1)
 
 
+    def score_all(
+        self, h: torch.Tensor, r: torch.Tensor, candidates: torch.Tensor, max_elements: int = 1 << 24
+    ) -> torch.Tensor:
+        """Scores [b, n] of every (h[i], r[i], candidates[j]) for h [b, d_e], r [b, d_r], candidates [n, d_e].
+
+        The same function as `score`, computed with cdist / matmul where the formula allows (ranking against all
+        candidates would otherwise materialise a [b, n, d] tensor); RotatE falls back to candidate chunks of at most
+        `max_elements` intermediate elements.
+        """
+        d = self.hidden_dim
+        if self.name == "transe":
+            return self.gamma - torch.cdist((h + r).unsqueeze(0), candidates.unsqueeze(0), p=1).squeeze(0)
+        if self.name == "distmult":
+            return (h * r) @ candidates.T
+        if self.name == "complex":
+            h_re, h_im, r_re, r_im = h[..., :d], h[..., d:], r[..., :d], r[..., d:]
+            hr = torch.cat([h_re * r_re - h_im * r_im, h_re * r_im + h_im * r_re], dim=-1)
+            return hr @ candidates.T  # Re(sum hr * conj(t)) = hr_re . t_re + hr_im . t_im
+        chunk = max(1, max_elements // max(1, h.shape[0] * h.shape[-1]))
+        hh, rr = h.unsqueeze(1), r.unsqueeze(1)
+        return torch.cat(
+            [self.score(hh, rr, candidates[c : c + chunk].unsqueeze(0)) for c in range(0, candidates.shape[0], chunk)],
+            dim=1,
+        )
+
+
 def _pykeen_module(name: str) -> torch.nn.Module | None:
     """The stateless pykeen interaction module used for `name`, if its output matches the spec formula."""
     if name == "rotate":

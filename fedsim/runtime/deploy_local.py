@@ -69,8 +69,10 @@ clientapp = "{APP_MODULE}:client"
     )
     (app_dir / f"{APP_MODULE}.py").write_text(
         '"""fedsim FKGE components, re-exported for Flower."""\n'
-        "from clients.fkge_app import app as client\n"
-        "from servers.fkge_app import app as server\n",
+        "import clients.fkge_app\n"
+        "import servers.fkge_app\n\n"
+        "client = clients.fkge_app.app\n"
+        "server = servers.fkge_app.app\n",
         encoding="utf-8",
     )
     return app_dir

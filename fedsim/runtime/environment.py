@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 # Ray otherwise binds the machine's network address; Flower otherwise writes ~/.flwr.
@@ -24,6 +25,9 @@ def runtime_env(state_dir: Path, base: dict[str, str] | None = None) -> dict[str
     env = dict(os.environ if base is None else base)
     env.update(STATIC_ENV)
     env["FLWR_HOME"] = str(state_dir / "flwr_home")
+    # Flower daemons spawn flower-superexec / flwr-serverapp / flwr-clientapp by name
+    bin_dir = str(Path(sys.executable).parent)
+    env["PATH"] = os.pathsep.join([bin_dir, *(p for p in env.get("PATH", "").split(os.pathsep) if p != bin_dir)])
     env.setdefault("PYSTOW_HOME", str(state_dir / "pystow"))
     env.setdefault("HF_HOME", str(state_dir / "hf"))
     (state_dir / "flwr_home").mkdir(parents=True, exist_ok=True)

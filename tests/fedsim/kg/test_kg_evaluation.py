@@ -42,7 +42,13 @@ def _brute_ranks(client: ClientKG, ent: np.ndarray, rel: np.ndarray, model: str,
         eh, er, et = ent[local[h]].astype(np.float64), rel[r].astype(np.float64), ent[local[t]].astype(np.float64)
         if model == "transe":
             return 10.0 - sum(abs(eh[k] + er[k] - et[k]) for k in range(HIDDEN))
-        return sum(eh[k] * er[k] * et[k] for k in range(HIDDEN))
+        if model == "distmult":
+            return sum(eh[k] * er[k] * et[k] for k in range(HIDDEN))
+        d = HIDDEN  # complex: Re(sum h * r * conj(t)) on [re || im] halves
+        return sum(
+            ((complex(eh[k], eh[d + k]) * complex(er[k], er[d + k])) * complex(et[k], -et[d + k])).real
+            for k in range(d)
+        )
 
     ranks = []
     for h, r, t in getattr(client, split).tolist():
@@ -58,23 +64,23 @@ def _brute_ranks(client: ClientKG, ent: np.ndarray, rel: np.ndarray, model: str,
     return ranks
 
 
-@pytest.mark.parametrize("model", ["transe", "distmult"])
+@pytest.mark.parametrize("model", ["transe", "distmult", "complex"])
 @pytest.mark.parametrize("split", ["valid", "test"])
-def test_matches_brute_force(model, split, monkeypatch):
+def test_matches_brute_force(model, split):
     client = _tiny_client(3)
     rng = np.random.default_rng(11)
+    width = 2 * HIDDEN if model == "complex" else HIDDEN
     # dyadic values: float32 arithmetic is exact, so ties are real and the float64 brute force agrees bit for bit
-    ent = rng.choice([-1.0, -0.5, 0.0, 0.5, 1.0], size=(len(client.entity_ids), HIDDEN)).astype(np.float32)
+    ent = rng.choice([-1.0, -0.5, 0.0, 0.5, 1.0], size=(len(client.entity_ids), width)).astype(np.float32)
     ent[5] = ent[2]  # duplicated rows guarantee exact ties
-    rel = rng.choice([-0.5, 0.0, 0.5], size=(3, HIDDEN)).astype(np.float32)
+    rel = rng.choice([-0.5, 0.0, 0.5], size=(3, width)).astype(np.float32)
     want = np.array(_brute_ranks(client, ent, rel, model, split))
     assert np.any(want % 1 == 0.5), "the fixture should exercise ties"
     assert len(want) > 5
 
     engine = FedEClientEngine(client, KGEHyperParams(model=model, hidden_dim=HIDDEN, eval_batch_size=4), seed=0)
-    monkeypatch.setattr(evaluation, "_MAX_SCORE_ELEMENTS", 4 * HIDDEN * 5)  # candidate chunks of 5
     got = evaluation.rank_tails(
-        engine.interaction, torch.from_numpy(ent), torch.from_numpy(rel), engine._splits[split], engine._filter_keys, 4
+        engine.interaction, torch.from_numpy(ent), torch.from_numpy(rel), engine._splits[split], engine._filter, 4
     )
     np.testing.assert_array_equal(got, want)
     metrics = engine.evaluate(ent, rel, split)
@@ -82,6 +88,38 @@ def test_matches_brute_force(model, split, monkeypatch):
     assert metrics["count"] == len(want)
     for key in ("mrr", "mr", "hits_at_1", "hits_at_3", "hits_at_5", "hits_at_10"):
         assert metrics[key] == pytest.approx(expected[key], abs=1e-12)
+
+
+def test_rotate_ranks_match_brute_force_scores(monkeypatch):
+    """RotatE (not exact in float32): ranks from the chunked path equal ranks computed from per-triple scores."""
+    client = _tiny_client(4)
+    engine = FedEClientEngine(client, KGEHyperParams(model="rotate", hidden_dim=HIDDEN), seed=0)
+    rng = np.random.default_rng(2)
+    ent = rng.normal(size=(len(client.entity_ids), 2 * HIDDEN)).astype(np.float32)
+    rel = rng.uniform(-1, 1, size=(3, HIDDEN)).astype(np.float32)
+    monkeypatch.setattr(evaluation, "_MAX_SCORE_ELEMENTS", 2 * HIDDEN * 5)  # candidate chunks of 5
+    got = evaluation.rank_tails(
+        engine.interaction, torch.from_numpy(ent), torch.from_numpy(rel), engine._splits["test"], engine._filter, 2
+    )
+    local = {int(g): i for i, g in enumerate(client.entity_ids)}
+    known = {tuple(int(x) for x in t) for s in (client.train, client.valid, client.test) for t in s}
+    for rank, (h, r, t) in zip(got, client.test.tolist()):
+        def s(c):
+            return float(engine.interaction.score(*(torch.from_numpy(x) for x in (ent[local[h]], rel[r], ent[local[c]]))))
+        others = [s(c) for c in client.entity_ids.tolist() if c != t and (h, r, c) not in known]
+        assert rank == 1 + sum(o > s(t) for o in others) + 0.5 * sum(o == s(t) for o in others)
+
+
+def test_tail_filter_unknown_pair_is_empty():
+    tri = torch.tensor([[0, 1, 2], [0, 1, 3], [2, 0, 1]])
+    f = evaluation.TailFilter(tri, num_relations=2, num_entities=4)
+    m = f.mask(torch.tensor([0, 1, 2, 0]), torch.tensor([1, 1, 0, 0]))
+    assert m.tolist() == [
+        [False, False, True, True],
+        [False, False, False, False],
+        [False, True, False, False],
+        [False, False, False, False],
+    ]
 
 
 def test_metrics_from_ranks_by_hand():

@@ -57,6 +57,18 @@ def test_score_single_triple_and_gradient(name):
     assert torch.all(torch.isfinite(h.grad))
 
 
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_score_all_equals_broadcast_score(name):
+    m = make_interaction(name, HIDDEN, gamma=GAMMA, epsilon=EPS)
+    g = torch.Generator().manual_seed(5)
+    h, r = torch.randn(7, m.entity_dim(), generator=g), torch.randn(7, m.relation_dim(), generator=g)
+    cands = torch.randn(23, m.entity_dim(), generator=g)
+    want = m.score(h.unsqueeze(1), r.unsqueeze(1), cands.unsqueeze(0))
+    got = m.score_all(h, r, cands, max_elements=7 * m.entity_dim() * 4)  # RotatE: chunks of 4 candidates
+    assert got.shape == (7, 23)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
 def test_dims():
     dims = {n: (make_interaction(n, 8).entity_dim(), make_interaction(n, 8).relation_dim()) for n in MODEL_NAMES}
     assert dims == {"transe": (8, 8), "distmult": (8, 8), "complex": (16, 16), "rotate": (16, 8)}

@@ -15,8 +15,8 @@ __all__ = ["HITS_AT", "METRIC_KEYS", "TailFilter", "metrics_from_ranks", "rank_t
 HITS_AT: tuple[int, ...] = (1, 3, 5, 10)
 METRIC_KEYS: tuple[str, ...] = ("mrr", "mr") + tuple(f"hits_at_{k}" for k in HITS_AT)
 
-# cap on elements of a [batch, candidates, dim] score intermediate (~64 MiB of float32)
-_MAX_SCORE_ELEMENTS = 1 << 24
+# cap on elements of a [batch, candidates, dim] score intermediate (16 MiB of float32; small chunks stay in cache)
+_MAX_SCORE_ELEMENTS = 1 << 22
 
 
 class TailFilter:

@@ -101,12 +101,24 @@ class Interaction:
             h_re, h_im, r_re, r_im = h[..., :d], h[..., d:], r[..., :d], r[..., d:]
             hr = torch.cat([h_re * r_re - h_im * r_im, h_re * r_im + h_im * r_re], dim=-1)
             return hr @ candidates.T  # Re(sum hr * conj(t)) = hr_re . t_re + hr_im . t_im
-        chunk = max(1, max_elements // max(1, h.shape[0] * h.shape[-1]))
-        hh, rr = h.unsqueeze(1), r.unsqueeze(1)
-        return torch.cat(
-            [self.score(hh, rr, candidates[c : c + chunk].unsqueeze(0)) for c in range(0, candidates.shape[0], chunk)],
-            dim=1,
-        )
+        chunk = max(1, max_elements // max(1, h.shape[0] * d))
+        if torch.is_grad_enabled() and (h.requires_grad or r.requires_grad or candidates.requires_grad):
+            hh, rr = h.unsqueeze(1), r.unsqueeze(1)
+            starts = range(0, len(candidates), chunk)
+            parts = [self.score(hh, rr, candidates[c : c + chunk].unsqueeze(0)) for c in starts]
+            return torch.cat(parts, dim=1)
+        # no autograd: rotate the heads once, then in-place |hr - t| per candidate chunk (same operation order as score)
+        theta = r / (self.rho / math.pi)
+        cos, sin = torch.cos(theta), torch.sin(theta)
+        hr_re = (h[..., :d] * cos - h[..., d:] * sin).unsqueeze(1)
+        hr_im = (h[..., :d] * sin + h[..., d:] * cos).unsqueeze(1)
+        parts = []
+        for c in range(0, len(candidates), chunk):
+            diff_re = hr_re - candidates[c : c + chunk, :d].unsqueeze(0)
+            diff_im = hr_im - candidates[c : c + chunk, d:].unsqueeze(0)
+            diff_re.mul_(diff_re).add_(diff_im.mul_(diff_im)).sqrt_()
+            parts.append(self.gamma - diff_re.sum(dim=-1))
+        return torch.cat(parts, dim=1)
 
 
 def _pykeen_module(name: str) -> torch.nn.Module | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 import time
 
 import numpy as np
@@ -55,6 +56,7 @@ def run_sequential(
     rounds: int,
     eval_every: int,
     baseline: str = "fede",
+    on_round: Callable[[dict], None] | None = None,
 ) -> dict:
     """Run `rounds` rounds of FedE (or a baseline) in-process; return round logs, test metrics and the final table."""
     if baseline not in BASELINES:
@@ -74,6 +76,11 @@ def run_sequential(
     )
     log: list[dict] = []
 
+    def record(entry: dict) -> None:
+        log.append(entry)
+        if on_round is not None:
+            on_round(entry)
+
     if baseline == "collection":
         central = FedEClientEngine(collection_client(clients), params, seed)
         rel_table = central.init_relation_table()
@@ -87,7 +94,7 @@ def run_sequential(
             ent, rel_table, metrics = central.train(table[central.client.entity_ids], rel_table, rnd)
             table = table.copy()
             table[central.client.entity_ids] = ent
-            log.append(_round_entry(rnd, metrics["loss"], rounds, eval_every, engines, views))
+            record(_round_entry(rnd, metrics["loss"], rounds, eval_every, engines, views))
         rows, rels = views()
     else:
         rels = [e.init_relation_table() for e in engines]
@@ -104,7 +111,7 @@ def run_sequential(
                 table = fede_aggregate(table, [(c.entity_ids, r) for c, r in zip(clients, rows)])
                 rows = [table[c.entity_ids] for c in clients]
             loss = float(np.average(losses, weights=sizes)) if sum(sizes) else float("nan")
-            log.append(_round_entry(rnd, loss, rounds, eval_every, engines, lambda: (rows, rels)))
+            record(_round_entry(rnd, loss, rounds, eval_every, engines, lambda: (rows, rels)))
         if baseline == "isolation":
             # no shared table exists: summarise as the per-entity mean of the clients' rows (see client_rows)
             table = fede_aggregate(table, [(c.entity_ids, r) for c, r in zip(clients, rows)])

@@ -50,7 +50,9 @@ class KGEHyperParams:
             raise ValueError(f"lr must be > 0, got {self.lr}")
 
 
-def triple_keys(h: torch.Tensor, r: torch.Tensor, t: torch.Tensor, num_relations: int, num_entities: int) -> torch.Tensor:
+def triple_keys(
+    h: torch.Tensor, r: torch.Tensor, t: torch.Tensor, num_relations: int, num_entities: int
+) -> torch.Tensor:
     """Unique int64 key (h*R + r)*N + t of local-id triples (broadcasting)."""
     return (h * num_relations + r) * num_entities + t
 

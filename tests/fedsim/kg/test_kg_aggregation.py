@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fedsim.kg.aggregation import UpdateRejected, fede_aggregate, validate_update
 
@@ -90,3 +92,28 @@ def test_validate_rejections(ids, rows, reason):
     with pytest.raises(UpdateRejected, match=reason) as info:
         validate_update(ids, rows, ALLOWED, 4)
     assert isinstance(info.value, ValueError)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.data())
+def test_matches_python_loop(data):
+    n, dim = data.draw(st.integers(1, 12)), data.draw(st.integers(1, 4))
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
+    table = rng.normal(size=(n, dim)).astype(np.float32)
+    k = data.draw(st.integers(0, 4))
+    updates = []
+    for _ in range(k):
+        ids = rng.choice(n, size=rng.integers(0, n + 1), replace=False)
+        updates.append((ids, rng.normal(size=(len(ids), dim)).astype(np.float32)))
+    weights = [float(w) for w in rng.integers(1, 5, size=k)] if data.draw(st.booleans()) else None
+    out = fede_aggregate(table, updates, weights)
+    for row in range(n):
+        acc, mass = np.zeros(dim), 0.0
+        for j, (ids, rows) in enumerate(updates):
+            w = 1.0 if weights is None else weights[j]
+            for i, e in enumerate(ids):
+                if e == row:
+                    acc += w * rows[i].astype(np.float64)
+                    mass += w
+        want = acc / mass if mass else table[row]
+        np.testing.assert_allclose(out[row], want, rtol=1e-5, atol=1e-6)

@@ -105,7 +105,8 @@ def test_rotate_ranks_match_brute_force_scores(monkeypatch):
     known = {tuple(int(x) for x in t) for s in (client.train, client.valid, client.test) for t in s}
     for rank, (h, r, t) in zip(got, client.test.tolist()):
         def s(c):
-            return float(engine.interaction.score(*(torch.from_numpy(x) for x in (ent[local[h]], rel[r], ent[local[c]]))))
+            vectors = (ent[local[h]], rel[r], ent[local[c]])
+            return float(engine.interaction.score(*(torch.from_numpy(x) for x in vectors)))
         others = [s(c) for c in client.entity_ids.tolist() if c != t and (h, r, c) not in known]
         assert rank == 1 + sum(o > s(t) for o in others) + 0.5 * sum(o == s(t) for o in others)
 

@@ -64,9 +64,15 @@ def test_score_all_equals_broadcast_score(name):
     h, r = torch.randn(7, m.entity_dim(), generator=g), torch.randn(7, m.relation_dim(), generator=g)
     cands = torch.randn(23, m.entity_dim(), generator=g)
     want = m.score(h.unsqueeze(1), r.unsqueeze(1), cands.unsqueeze(0))
-    got = m.score_all(h, r, cands, max_elements=7 * m.entity_dim() * 4)  # RotatE: chunks of 4 candidates
+    with torch.no_grad():
+        got = m.score_all(h, r, cands, max_elements=7 * HIDDEN * 4)  # RotatE: chunks of 4 candidates
     assert got.shape == (7, 23)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    h.requires_grad_(True)
+    with_grad = m.score_all(h, r, cands, max_elements=7 * HIDDEN * 4)
+    with_grad.sum().backward()
+    torch.testing.assert_close(with_grad.detach(), want, rtol=1e-5, atol=1e-5)
+    assert torch.all(torch.isfinite(h.grad))
 
 
 def test_dims():
@@ -94,7 +100,9 @@ def test_rotate_is_l1_of_moduli_not_pykeen_l2():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         l2 = RotatEInteraction()(
-            torch.complex(h[:HIDDEN], h[HIDDEN:]), torch.polar(torch.ones(HIDDEN), theta), torch.complex(t[:HIDDEN], t[HIDDEN:])
+            torch.complex(h[:HIDDEN], h[HIDDEN:]),
+            torch.polar(torch.ones(HIDDEN), theta),
+            torch.complex(t[:HIDDEN], t[HIDDEN:]),
         )
     assert abs(float(m.score(h, r, t)) - (GAMMA + float(l2))) > 1e-3
 

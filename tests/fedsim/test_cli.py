@@ -1,0 +1,72 @@
+"""The `fedsim` command line: list, run (local mode), verify, and clear errors on bad input."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from fedsim.cli import main
+
+
+def test_list_names_presets_and_choices(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert "fede-umls" in out and "fede-nations-smoke" in out
+    assert "datasets: nations, kinships, umls, fb15k-237, wn18rr" in out
+    assert "models: transe, distmult, complex, rotate" in out
+    assert "partitions: relation, entity_overlap, random_triple" in out
+    assert "benchmarks: fkge" in out
+
+
+def test_run_local_prints_progress_and_table_then_verify(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out_dir = tmp_path / "run"
+    rc = main(["run", "fede-nations-smoke", "--mode", "local", "--set", "train.rounds=2", "--out", str(out_dir)])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "round   1/2" in out and "round   2/2" in out and "test mrr" in out
+    summary = json.loads((out_dir / "summary.json").read_text())
+    assert summary["status"] == "finished" and summary["mode"] == "local" and 0 < summary["test"]["mrr"] <= 1
+    assert (out_dir / "artifacts" / "final_entity_table.npy").exists()
+
+
+@pytest.mark.parametrize(
+    ("argv", "code", "message"),
+    [
+        (["run", "--set", "data.dataset=freebase"], 2, "data.dataset: unknown name 'freebase'"),
+        (["run", "--set", "train.rounds=-1"], 2, "train.rounds: value -1 is out of range"),
+        (["run", "nope-preset"], 2, "neither a config file nor a preset"),
+        (["run", "--mode", "local", "--set", "data.dataset=fb15k-237", "--set", "data.data_dir=/nonexistent/fb"], 1,
+         "/nonexistent/fb"),
+    ],
+)
+def test_bad_input_is_a_clear_error(argv: list[str], code: int, message: str, tmp_path: Path,
+                                    capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([*argv, "--out", str(tmp_path / "r")]) == code
+    assert message in capsys.readouterr().err
+
+
+def test_occupied_out_dir_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "keep.txt").write_text("precious")
+    assert main(["run", "fede-nations-smoke", "--mode", "local", "--out", str(tmp_path)]) == 1
+    assert "exists and is not empty" in capsys.readouterr().err
+    assert (tmp_path / "keep.txt").read_text() == "precious"
+
+
+def test_verify_reports_a_corrupted_recording(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from fedsim.record import RecordWriter
+
+    import numpy as np
+
+    with RecordWriter(tmp_path, 1) as writer:
+        writer.record_arrays(direction="up", round=1, node_id=5, kind="train",
+                             arrays={("rows", "entity-rows"): np.ones((3, 2), np.float32)})
+    assert main(["verify", str(tmp_path)]) == 0
+    assert "OK: 1 recorded messages" in capsys.readouterr().out
+    payload = next((tmp_path / "record" / "payloads").glob("*.npz"))
+    data = bytearray(payload.read_bytes())
+    data[-30] ^= 0xFF
+    payload.write_bytes(bytes(data))
+    assert main(["verify", str(tmp_path)]) == 1
+    assert "FAILED" in capsys.readouterr().out

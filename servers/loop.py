@@ -203,6 +203,7 @@ class RoundLoop:
             nodes,
             lambda messages, kind="query": self._exchange(messages, 0, kind),
         )
+        setup_seconds = time.monotonic() - t0
         history = []
         s = self.settings
         for server_round in range(1, s.rounds + 1):
@@ -225,4 +226,5 @@ class RoundLoop:
             "test": test,
             "failures": [f.to_dict() for f in self.failures],
             "strategy_seconds": time.monotonic() - t0,
+            "setup_seconds": setup_seconds,
         }

@@ -16,7 +16,7 @@ from fedsim.rundir import RunDir, environment_info, write_json_atomic
 BASE_OVERRIDES = ("train.rounds=20", "train.eval_every=0")
 
 
-def expected_row_bytes(cfg_json: dict[str, Any], clients: dict[str, Any], entity_dim: int) -> int:
+def expected_row_bytes(clients: dict[str, Any], entity_dim: int) -> int:
     """Bytes of ids (int64) + rows (float32) of every client's held entities: one direction."""
     return sum(c["num_entities"] * (8 + 4 * entity_dim) for c in clients.values())
 
@@ -50,7 +50,7 @@ def bench_fkge(out: str | None = None, overrides: list[str] | None = None) -> di
 
     entity_dim = make_interaction(cfg.model.name, cfg.model.hidden_dim).entity_dim()
     rows = result["rounds"]
-    expected = expected_row_bytes(cfg.to_dict(), result["clients"], entity_dim)
+    expected = expected_row_bytes(result["clients"], entity_dim)
     num_entities = max(c["num_entities"] for c in result["clients"].values())
     dense = cfg.data.num_clients * _table_entities(run_dir) * entity_dim * 4
     bytes_ok = all(r["bytes_down"] == expected and r["bytes_up"] == expected for r in rows)
@@ -63,16 +63,22 @@ def bench_fkge(out: str | None = None, overrides: list[str] | None = None) -> di
             "ray_startup_seconds": ray_startup,
             "wall_seconds_excluding_ray_startup": sim_excl_ray,
             "strategy_seconds": result["strategy_seconds"],
+            "setup_seconds": result["setup_seconds"],
+            "rounds_seconds": result["strategy_seconds"] - result["setup_seconds"],
             "peak_rss_bytes_process_tree": sim_rss.peak,
+            "peak_pss_bytes_process_tree": sim_rss.peak_pss,
             "test_mrr": summary["test"]["mrr"],
         },
         "sequential": {
             "wall_seconds": seq_wall,
             "peak_rss_bytes": seq_rss.peak,
+            "peak_pss_bytes": seq_rss.peak_pss,
             "test_mrr": seq["test"]["mrr"],
         },
         "ratio_sim_excluding_ray_startup_over_sequential": sim_excl_ray / seq_wall,
         "ratio_strategy_over_sequential": result["strategy_seconds"] / seq_wall,
+        # rounds only: without Ray start-up, ClientApp actor start-up (imports) and registration
+        "ratio_rounds_over_sequential": (result["strategy_seconds"] - result["setup_seconds"]) / seq_wall,
         "bytes_per_round": {
             "down": rows[-1]["bytes_down"],
             "up": rows[-1]["bytes_up"],
@@ -81,7 +87,7 @@ def bench_fkge(out: str | None = None, overrides: list[str] | None = None) -> di
             "equals_held_rows_every_round": bytes_ok,
             "largest_client_entities": num_entities,
         },
-        "targets": {"ratio_max": 1.2, "peak_rss_max_bytes": 2 * 1024**3},
+        "targets": {"ratio_max": 1.2, "peak_memory_max_bytes": 2 * 1024**3},
         "environment": environment_info(),
         "run_dir": str(run_dir.path),
     }

@@ -5,22 +5,24 @@ from __future__ import annotations
 
 import functools
 import json
+from typing import TYPE_CHECKING
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from fedsim.config import ExperimentConfig, from_dict
-from fedsim.kg.datasets import load_dataset
-from fedsim.kg.engine import FedEClientEngine
-from fedsim.kg.partition import partition
 from servers.fede import IDS, ROWS, VALUES, read_rows, rows_record
+
+if TYPE_CHECKING:  # torch is imported only where a client computes (keeps drivers and servers light)
+    from fedsim.kg.engine import FedEClientEngine
+    from fedsim.kg.training import KGEHyperParams
 
 STATE_CONFIG = "fedsim"  # context.state ConfigRecord: the experiment config received at registration
 STATE_RELATIONS = "relations"  # context.state ArrayRecord: this client's private relation table
 
 
-def hyper_params(cfg: ExperimentConfig):
+def hyper_params(cfg: ExperimentConfig) -> KGEHyperParams:
     from fedsim.kg.training import KGEHyperParams
 
     return KGEHyperParams(
@@ -35,6 +37,10 @@ def hyper_params(cfg: ExperimentConfig):
 @functools.lru_cache(maxsize=4)
 def _engine(config_json: str, partition_id: int, data_dir: str | None) -> FedEClientEngine:
     """Derived, read-only data of this client (its partition); cached per process for speed only."""
+    from fedsim.kg.datasets import load_dataset
+    from fedsim.kg.engine import FedEClientEngine
+    from fedsim.kg.partition import partition
+
     cfg = from_dict(json.loads(config_json))
     dataset = load_dataset(cfg.data.dataset, data_dir or cfg.data.data_dir)
     clients = partition(dataset, cfg.data.partition, cfg.data.num_clients, cfg.seed)

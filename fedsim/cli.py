@@ -69,7 +69,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     from importlib import resources
 
     from fedsim.kg.datasets import DATASET_NAMES
-    from fedsim.kg.models import MODEL_NAMES
+    from fedsim.kg.shapes import MODEL_NAMES
     from fedsim.kg.partition import PARTITION_SCHEMES
 
     print("presets:")

@@ -195,7 +195,7 @@ def _check_positive(cfg: ExperimentConfig) -> None:
 def validate(cfg: ExperimentConfig) -> ExperimentConfig:
     """Check names and ranges; returns `cfg` unchanged when valid."""
     from fedsim.kg.datasets import DATASET_NAMES
-    from fedsim.kg.models import MODEL_NAMES
+    from fedsim.kg.shapes import MODEL_NAMES
     from fedsim.kg.partition import PARTITION_SCHEMES
 
     _check_choice("protocol", cfg.protocol, ("fkge",))

@@ -13,8 +13,8 @@ from flwr.serverapp import Grid
 
 from fedsim.config import ExperimentConfig
 from fedsim.kg.aggregation import UpdateRejected, fede_aggregate, validate_update
-from fedsim.kg.evaluation import weighted_average
-from fedsim.kg.models import init_table, make_interaction
+from fedsim.kg.metrics import weighted_average
+from fedsim.kg.shapes import entity_dim, init_table
 from servers.loop import ExchangeResult, RoundFailed, RoundStrategy
 
 ROWS = "rows"  # ArrayRecord key of entity ids + rows, both directions
@@ -59,9 +59,6 @@ class FedEStrategy(RoundStrategy):
     ) -> None:
         self.cfg = cfg
         self.on_reject = on_reject or (lambda _event: None)
-        self.interaction = make_interaction(
-            cfg.model.name, cfg.model.hidden_dim, gamma=cfg.model.gamma, epsilon=cfg.model.epsilon
-        )
         self.clients: dict[int, ClientInfo] = {}  # by partition id
         self.table: np.ndarray | None = None
         self.initial_table: np.ndarray | None = None
@@ -93,7 +90,7 @@ class FedEStrategy(RoundStrategy):
         n = num_entities.pop()
         rng = np.random.default_rng(self.cfg.seed)
         self.table = init_table(
-            n, self.interaction.entity_dim(), self.cfg.model.hidden_dim, self.cfg.model.gamma,
+            n, entity_dim(self.cfg.model.name, self.cfg.model.hidden_dim), self.cfg.model.hidden_dim, self.cfg.model.gamma,
             self.cfg.model.epsilon, rng,
         )
         self.initial_table = self.table.copy()

@@ -24,7 +24,7 @@ def expected_row_bytes(clients: dict[str, Any], entity_dim: int) -> int:
 def bench_fkge(out: str | None = None, overrides: list[str] | None = None) -> dict[str, Any]:
     from clients.fkge_app import hyper_params
     from fedsim.jobs import run_experiment
-    from fedsim.kg.models import make_interaction
+    from fedsim.kg.shapes import entity_dim
     from fedsim.kg.sequential import run_sequential
 
     cfg = load_config("fede-umls", [*BASE_OVERRIDES, "runtime.mode=sim", *(overrides or [])])
@@ -48,11 +48,11 @@ def bench_fkge(out: str | None = None, overrides: list[str] | None = None) -> di
         )
     seq_wall = time.monotonic() - t1
 
-    entity_dim = make_interaction(cfg.model.name, cfg.model.hidden_dim).entity_dim()
+    dim = entity_dim(cfg.model.name, cfg.model.hidden_dim)
     rows = result["rounds"]
-    expected = expected_row_bytes(result["clients"], entity_dim)
+    expected = expected_row_bytes(result["clients"], dim)
     num_entities = max(c["num_entities"] for c in result["clients"].values())
-    dense = cfg.data.num_clients * _table_entities(run_dir) * entity_dim * 4
+    dense = cfg.data.num_clients * _table_entities(run_dir) * dim * 4
     bytes_ok = all(r["bytes_down"] == expected and r["bytes_up"] == expected for r in rows)
     sim_excl_ray = sim_wall - ray_startup
     report = {

@@ -1,28 +1,14 @@
-"""KGE score functions of FedE (spec fkge.md section 2.4) and the uniform table init."""
+"""KGE score functions of FedE (spec fkge.md section 2.4) (the torch side; shapes and init live in fedsim.kg.shapes)."""
 
 from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
 
+from fedsim.kg.shapes import MODEL_NAMES, entity_dim, init_range, init_table, relation_dim
+
 __all__ = ["MODEL_NAMES", "Interaction", "init_range", "init_table", "make_interaction"]
-
-MODEL_NAMES: tuple[str, ...] = ("transe", "distmult", "complex", "rotate")
-
-
-def init_range(hidden_dim: int, gamma: float, epsilon: float) -> float:
-    """rho = (gamma + epsilon) / hidden_dim, the half-width of the uniform init."""
-    return (float(gamma) + float(epsilon)) / int(hidden_dim)
-
-
-def init_table(
-    num_rows: int, dim: int, hidden_dim: int, gamma: float, epsilon: float, rng: np.random.Generator
-) -> np.ndarray:
-    """A float32 [num_rows, dim] table drawn from U(-rho, rho)."""
-    rho = init_range(hidden_dim, gamma, epsilon)
-    return rng.uniform(-rho, rho, size=(int(num_rows), int(dim))).astype(np.float32)
 
 
 class Interaction:
@@ -47,11 +33,11 @@ class Interaction:
 
     def entity_dim(self) -> int:
         """Width of an entity row: 2*hidden for ComplEx and RotatE ([re || im])."""
-        return 2 * self.hidden_dim if self.name in ("complex", "rotate") else self.hidden_dim
+        return entity_dim(self.name, self.hidden_dim)
 
     def relation_dim(self) -> int:
         """Width of a relation row: 2*hidden for ComplEx only (RotatE relations are hidden_dim phases)."""
-        return 2 * self.hidden_dim if self.name == "complex" else self.hidden_dim
+        return relation_dim(self.name, self.hidden_dim)
 
     def score(self, h: torch.Tensor, r: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """Scores [...] for broadcastable h [..., d_e], r [..., d_r], t [..., d_e]; higher is more plausible."""

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 import time
+from collections.abc import Callable
 
 import numpy as np
 
@@ -57,8 +57,14 @@ def run_sequential(
     eval_every: int,
     baseline: str = "fede",
     on_round: Callable[[dict], None] | None = None,
+    keep_client_state: bool = False,
 ) -> dict:
-    """Run `rounds` rounds of FedE (or a baseline) in-process; return round logs, test metrics and the final table."""
+    """Run `rounds` rounds of FedE (or a baseline) in-process; return round logs, test metrics and the final table.
+
+    `on_round` gets each round's log entry as soon as it exists. With `keep_client_state`, the result also holds
+    every client's final entity rows ("client_rows") and relation table ("relation_tables"); they are left out by
+    default because the result is usually written out as JSON.
+    """
     if baseline not in BASELINES:
         raise ValueError(f"unknown baseline {baseline!r}; choices: {', '.join(BASELINES)}")
     started = time.perf_counter()
@@ -117,16 +123,18 @@ def run_sequential(
             table = fede_aggregate(table, [(c.entity_ids, r) for c, r in zip(clients, rows)])
 
     test, per_client_test = _evaluate_all(engines, rows, rels, "test")
-    return {
+    result = {
         "baseline": baseline,
         "rounds": log,
         "test": test,
         "per_client_test": per_client_test,
         "final_table": table,
-        "relation_tables": rels,
-        "client_rows": rows,
         "wall_s": time.perf_counter() - started,
     }
+    if keep_client_state:
+        result["client_rows"] = rows
+        result["relation_tables"] = rels
+    return result
 
 
 def _round_entry(rnd: int, loss: float, rounds: int, eval_every: int, engines, views) -> dict:

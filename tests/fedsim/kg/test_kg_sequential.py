@@ -14,7 +14,7 @@ PARAMS = KGEHyperParams(hidden_dim=32, local_epochs=3)
 
 @pytest.fixture(scope="module")
 def fede_run():
-    return run_sequential("umls", None, "relation", 3, 0, PARAMS, rounds=5, eval_every=2)
+    return run_sequential("umls", None, "relation", 3, 0, PARAMS, rounds=5, eval_every=2, keep_client_state=True)
 
 
 def test_fede_learns(fede_run):
@@ -34,9 +34,13 @@ def test_fede_deterministic(fede_run):
     again = run_sequential("umls", None, "relation", 3, 0, PARAMS, rounds=5, eval_every=2)
     assert np.array_equal(again["final_table"], fede_run["final_table"])
     assert again["test"] == fede_run["test"]
-    other = run_sequential("umls", None, "relation", 3, 1, PARAMS, rounds=1, eval_every=0)
+    seen = []
+    other = run_sequential("umls", None, "relation", 3, 1, PARAMS, rounds=2, eval_every=0, on_round=seen.append)
     assert other["final_table"].shape == fede_run["final_table"].shape
-    assert "valid" not in other["rounds"][0]
+    assert not np.array_equal(other["final_table"], fede_run["final_table"])
+    assert seen == other["rounds"] and [e["round"] for e in seen] == [1, 2]
+    assert all("valid" not in e for e in seen)
+    assert "client_rows" not in other and "relation_tables" not in other  # JSON-friendly by default
 
 
 def test_fede_rows_are_shared_but_isolation_rows_are_not(umls, fede_run):
@@ -46,7 +50,9 @@ def test_fede_rows_are_shared_but_isolation_rows_are_not(umls, fede_run):
     rows = fede_run["client_rows"]
     pos = [np.searchsorted(c.entity_ids, shared) for c in clients[:2]]
     assert np.array_equal(rows[0][pos[0]], rows[1][pos[1]])
-    iso = run_sequential("umls", None, "relation", 3, 0, PARAMS, rounds=1, eval_every=0, baseline="isolation")
+    iso = run_sequential(
+        "umls", None, "relation", 3, 0, PARAMS, rounds=1, eval_every=0, baseline="isolation", keep_client_state=True
+    )
     assert not np.allclose(iso["client_rows"][0][pos[0]], iso["client_rows"][1][pos[1]])
     assert iso["test"]["count"] == fede_run["test"]["count"]
 
@@ -56,7 +62,9 @@ def test_collection(umls):
     central = collection_client(clients)
     assert len(central.train) == len(umls.train)  # the relation split's train sets partition the train split
     assert np.array_equal(central.relation_ids, np.arange(len(umls.relations)))
-    out = run_sequential("umls", None, "relation", 3, 0, PARAMS, rounds=2, eval_every=1, baseline="collection")
+    out = run_sequential(
+        "umls", None, "relation", 3, 0, PARAMS, rounds=2, eval_every=1, baseline="collection", keep_client_state=True
+    )
     assert [len(r) for r in out["relation_tables"]] == [len(c.relation_ids) for c in clients]
     assert out["test"]["count"] == sum(len(c.test) for c in clients)
     assert out["rounds"][-1]["valid"]["mrr"] > 0.2

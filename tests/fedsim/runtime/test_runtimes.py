@@ -183,3 +183,48 @@ def test_crashed_ray_backend_ends_simulation_with_clear_error(tmp_path: Path) ->
     killer.join(timeout=1)
     assert "failed" in (run_dir / "status.json").read_text()
     assert not _descendant_pids()
+
+
+def test_simulation_attaches_to_an_existing_ray_cluster(tmp_path: Path) -> None:
+    """runtime.ray_address: the run uses a running cluster (its custom resource shows) and leaves it up."""
+    import json
+    import socket
+    import sys
+    import tempfile
+
+    from fedsim.runtime.environment import runtime_env
+    from fedsim.runtime.process import ProcessSet, free_port, wait_until
+
+    port = free_port()
+    temp = Path(tempfile.mkdtemp(prefix="fsr-", dir="/tmp"))  # short: Ray's unix socket paths
+    env = runtime_env(tmp_path / "cluster-state")
+    procs = ProcessSet()
+    head = procs.start(
+        "ray head",
+        [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block", f"--port={port}", "--num-cpus=2",
+         '--resources={"fedsim_test": 3}', f"--temp-dir={temp}", "--include-dashboard=false",
+         "--disable-usage-stats", "--node-ip-address=127.0.0.1"],
+        tmp_path / "ray-head.log", env,
+    )
+
+    def reachable() -> bool:
+        with socket.socket() as sock:
+            sock.settimeout(0.5)
+            return sock.connect_ex(("127.0.0.1", port)) == 0
+
+    try:
+        wait_until(reachable, 90, "Ray head start-up")
+        time.sleep(2)
+        cfg = load_config("fede-nations-smoke", [f"runtime.ray_address=127.0.0.1:{port}", "train.rounds=1"])
+        summary = run_experiment(cfg, tmp_path / "run")
+        assert summary["status"] == "finished"
+        ray_info = json.loads((tmp_path / "run" / "ray.json").read_text())
+        assert ray_info["address"] == f"127.0.0.1:{port}"
+        assert ray_info["resources"].get("fedsim_test") == 3.0
+        assert head.poll() is None, "fedsim stopped a cluster it only attached to"
+    finally:
+        procs.stop_all()
+        import shutil
+
+        shutil.rmtree(temp, ignore_errors=True)
+    assert head.poll() is not None

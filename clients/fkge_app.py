@@ -12,7 +12,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricR
 from flwr.clientapp import ClientApp
 
 from fedsim.config import ExperimentConfig, from_dict
-from servers.fede import IDS, ROWS, VALUES, read_rows, rows_record
+from servers.fede import IDS, ROWS, read_rows, rows_record
 
 if TYPE_CHECKING:  # torch is imported only where a client computes (keeps drivers and servers light)
     from fedsim.kg.engine import FedEClientEngine
@@ -58,21 +58,24 @@ def _partition_id(context: Context, cfg: ExperimentConfig) -> int:
     return pid
 
 
-def _engine_for(context: Context) -> tuple[FedEClientEngine, int]:
+def _engine_for(context: Context) -> FedEClientEngine:
     if STATE_CONFIG not in context.state.config_records:
         raise RuntimeError("this node has not been registered (no query message received yet)")
     config_json = str(context.state.config_records[STATE_CONFIG]["config"])
     cfg = from_dict(json.loads(config_json))
     pid = _partition_id(context, cfg)
     data_dir = context.node_config.get("data-dir")
-    return _engine(config_json, pid, str(data_dir) if data_dir else None), pid
+    return _engine(config_json, pid, str(data_dir) if data_dir else None)
 
 
-def _incoming_rows(msg: Message, engine: FedEClientEngine) -> np.ndarray:
+def _inputs(msg: Message, context: Context) -> tuple[FedEClientEngine, np.ndarray, np.ndarray, ConfigRecord]:
+    """(engine, received entity rows, this client's relation table, the message's config)."""
+    engine = _engine_for(context)
     ids, rows = read_rows(msg)
     if not np.array_equal(ids, engine.client.entity_ids):
         raise ValueError("server sent rows for entities this client does not hold")
-    return rows.astype(np.float32, copy=False)
+    relations = context.state.array_records[STATE_RELATIONS]["table"].numpy()
+    return engine, rows.astype(np.float32, copy=False), relations, msg.content.config_records["config"]
 
 
 app = ClientApp()
@@ -85,7 +88,7 @@ def register(msg: Message, context: Context) -> Message:
     cfg = from_dict(json.loads(config_json))
     pid = _partition_id(context, cfg)
     context.state.config_records[STATE_CONFIG] = ConfigRecord({"config": config_json})
-    engine, _ = _engine_for(context)
+    engine = _engine_for(context)
     if STATE_RELATIONS not in context.state.array_records:
         context.state.array_records[STATE_RELATIONS] = ArrayRecord({"table": Array(engine.init_relation_table())})
     client = engine.client
@@ -109,10 +112,8 @@ def register(msg: Message, context: Context) -> Message:
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     """Local FedE training on the received rows; returns the updated rows only."""
-    engine, _ = _engine_for(context)
-    rows = _incoming_rows(msg, engine)
-    server_round = int(msg.content.config_records["config"]["server-round"])
-    relations = context.state.array_records[STATE_RELATIONS]["table"].numpy()
+    engine, rows, relations, config = _inputs(msg, context)
+    server_round = int(config["server-round"])
     new_rows, new_relations, metrics = engine.train(rows, relations, server_round)
     context.state.array_records[STATE_RELATIONS] = ArrayRecord({"table": Array(new_relations)})
     content = RecordDict(
@@ -127,13 +128,8 @@ def train(msg: Message, context: Context) -> Message:
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
     """Filtered tail-prediction metrics on the requested split."""
-    engine, _ = _engine_for(context)
-    rows = _incoming_rows(msg, engine)
-    split = str(msg.content.config_records["config"]["split"])
-    relations = context.state.array_records[STATE_RELATIONS]["table"].numpy()
-    metrics = engine.evaluate(rows, relations, split)
+    engine, rows, relations, config = _inputs(msg, context)
+    metrics = engine.evaluate(rows, relations, str(config["split"]))
     record = MetricRecord({k: float(v) if k != "count" else int(v) for k, v in metrics.items()})
     return Message(RecordDict({"metrics": record}), reply_to=msg)
 
-
-__all__ = ["app", "VALUES"]

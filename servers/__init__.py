@@ -1,0 +1,1 @@
+"""Flower ServerApps, the protocol-agnostic round loop, and protocol strategies."""

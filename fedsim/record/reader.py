@@ -20,6 +20,7 @@ import numpy as np
 
 from ._format import (
     DIRECTIONS,
+    MANIFEST_FIELDS,
     MANIFEST_NAME,
     PAYLOAD_SUBDIR,
     PAYLOAD_SUFFIX,
@@ -180,25 +181,7 @@ def _validate_spec(spec: Any) -> list[str]:
     return problems
 
 
-_REQUIRED = (
-    "seq",
-    "run_id",
-    "round",
-    "direction",
-    "node_id",
-    "kind",
-    "message_id",
-    "reply_to",
-    "group_id",
-    "arrays",
-    "configs",
-    "metrics",
-    "error",
-    "payload",
-    "payload_bytes",
-    "sha256",
-    "time",
-)
+_REQUIRED = MANIFEST_FIELDS
 
 
 def _short(value: Any, limit: int = 60) -> str:

@@ -115,6 +115,21 @@ def test_loopback_only_state_in_run_dir_nothing_left_running(runs, mode: str) ->
     assert not alive, f"processes left running: {alive}"
 
 
+def _matching(predicate):
+    """A picker returning the first process whose command line satisfies `predicate`."""
+
+    def pick(children):
+        for proc in children:
+            try:
+                if predicate(" ".join(proc.cmdline())):
+                    return proc
+            except psutil.NoSuchProcess:
+                continue
+        return None
+
+    return pick
+
+
 def _kill_when(run_dir: Path, pick, after_rows: int = 1) -> threading.Thread:
     """Kill the process `pick(children)` chooses once metrics.jsonl has `after_rows` rows."""
 
@@ -138,16 +153,7 @@ def test_dead_supernode_ends_deployment_with_clear_error(tmp_path: Path) -> None
     run_dir = tmp_path / "run"
     cfg = load_config("fede-nations-smoke", ["train.rounds=4", "runtime.mode=deploy-local", "runtime.round_timeout=60"])
 
-    def supernode(children):
-        for proc in children:
-            try:
-                if "flower-supernode" in " ".join(proc.cmdline()) and "partition-id=1" in " ".join(proc.cmdline()):
-                    return proc
-            except psutil.NoSuchProcess:
-                continue
-        return None
-
-    killer = _kill_when(run_dir, supernode)
+    killer = _kill_when(run_dir, _matching(lambda cmd: "flower-supernode" in cmd and "partition-id=1" in cmd))
     t0 = time.monotonic()
     with pytest.raises(RuntimeFailure, match=r"supernode-1 \(pid \d+\) died"):
         run_experiment(cfg, run_dir)
@@ -166,16 +172,7 @@ def test_crashed_ray_backend_ends_simulation_with_clear_error(tmp_path: Path) ->
          "runtime.run_timeout=200"],
     )
 
-    def raylet(children):
-        for proc in children:
-            try:
-                if proc.cmdline() and proc.cmdline()[0].endswith("/raylet"):
-                    return proc
-            except psutil.NoSuchProcess:
-                continue
-        return None
-
-    killer = _kill_when(run_dir, raylet)
+    killer = _kill_when(run_dir, _matching(lambda cmd: cmd.split(" ")[0].endswith("/raylet")))
     t0 = time.monotonic()
     with pytest.raises(RuntimeFailure, match=r"ServerApp failed: RoundFailed: round \d+ \w+: 0 usable replies"):
         run_experiment(cfg, run_dir)

@@ -19,11 +19,13 @@ def supervise(
     *,
     run_timeout: float,
     progress: ProgressFn | None = None,
-    exit_grace: float = 60.0,
+    exit_grace: float = 0.5,
     watch: list[ManagedProcess] | None = None,
     started_at: float | None = None,
 ) -> None:
-    """Wait until the ServerApp reports `finished` and `main` exits (or a grace period passes).
+    """Wait until the ServerApp reports `finished` and `main` exits, or `exit_grace` seconds
+    pass after `finished` (everything is on disk by then; Flower's and Ray's teardown takes
+    seconds, even on SIGTERM, so the remaining processes are stopped by PID with a short grace).
 
     Raises RuntimeFailure, after stopping every process, when the ServerApp fails, `main` or a
     watched process dies first, or `run_timeout` passes. Never waits longer than that.
@@ -73,4 +75,4 @@ def supervise(
             run_dir.set_status("failed", error=f"{type(err).__name__}: {err}")
         raise
     finally:
-        procs.stop_all()
+        procs.stop_all(grace=0.5 if finished_at is not None else 5.0)

@@ -18,7 +18,7 @@ def _fmt(value: Any, digits: int = 4) -> str:
 def progress_printer(total_rounds: int):
     def show(row: dict[str, Any]) -> None:
         parts = [f"round {row['round']:>3}/{total_rounds}"]
-        loss = row.get("train_loss", row.get("loss"))
+        loss = row.get("train_loss")
         if loss is not None:
             parts.append(f"loss {loss:.4f}")
         valid = row.get("valid")

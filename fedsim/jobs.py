@@ -47,7 +47,7 @@ def _run_local(run_dir: RunDir, cfg: ExperimentConfig, progress: ProgressFn | No
     result = run_sequential(
         cfg.data.dataset, cfg.data.data_dir, cfg.data.partition, cfg.data.num_clients, cfg.seed,
         hyper_params(cfg), cfg.train.rounds, cfg.train.eval_every, baseline=cfg.strategy.name,
-        on_round=on_round,
+        on_round=on_round, aggregation=cfg.strategy.aggregation,
     )
     table = result.pop("final_table", None)
     if table is not None:
@@ -69,7 +69,7 @@ def summarize(run_dir: RunDir, cfg: ExperimentConfig, wall: float) -> dict[str, 
         "rounds": len(rounds),
         "test": result.get("test"),
         "valid": result.get("valid"),
-        "final_train_loss": rounds[-1].get("train_loss", rounds[-1].get("loss")) if rounds else None,
+        "final_train_loss": rounds[-1].get("train_loss") if rounds else None,
         "wall_seconds": wall,
         "strategy_seconds": result.get("strategy_seconds"),
         "failures": result.get("failures", []),

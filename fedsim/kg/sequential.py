@@ -58,12 +58,14 @@ def run_sequential(
     baseline: str = "fede",
     on_round: Callable[[dict], None] | None = None,
     keep_client_state: bool = False,
+    aggregation: str = "mean",
 ) -> dict:
     """Run `rounds` rounds of FedE (or a baseline) in-process; return round logs, test metrics and the final table.
 
     `on_round` gets each round's log entry as soon as it exists. With `keep_client_state`, the result also holds
     every client's final entity rows ("client_rows") and relation table ("relation_tables"); they are left out by
-    default because the result is usually written out as JSON.
+    default because the result is usually written out as JSON. `aggregation` is "mean" (FedE's unweighted mean over
+    holders) or "count-weighted" (weights = the clients' train-triple counts), as in the Flower strategy.
     """
     if baseline not in BASELINES:
         raise ValueError(f"unknown baseline {baseline!r}; choices: {', '.join(BASELINES)}")
@@ -114,7 +116,8 @@ def run_sequential(
                 losses.append(metrics["loss"])
                 sizes.append(metrics["num-examples"])
             if baseline == "fede":
-                table = fede_aggregate(table, [(c.entity_ids, r) for c, r in zip(clients, rows)])
+                weights = [float(len(c.train)) for c in clients] if aggregation == "count-weighted" else None
+                table = fede_aggregate(table, [(c.entity_ids, r) for c, r in zip(clients, rows)], weights=weights)
                 rows = [table[c.entity_ids] for c in clients]
             loss = float(np.average(losses, weights=sizes)) if sum(sizes) else float("nan")
             record(_round_entry(rnd, loss, rounds, eval_every, engines, lambda: (rows, rels)))
@@ -139,7 +142,7 @@ def run_sequential(
 
 def _round_entry(rnd: int, loss: float, rounds: int, eval_every: int, engines, views) -> dict:
     """Log entry of one round, with count-weighted valid metrics every `eval_every` rounds and at the end."""
-    entry: dict = {"round": rnd, "loss": loss}
+    entry: dict = {"round": rnd, "train_loss": loss}
     if eval_every > 0 and (rnd % eval_every == 0 or rnd == rounds):
         rows, rels = views()
         entry["valid"], _ = _evaluate_all(engines, rows, rels, "valid")

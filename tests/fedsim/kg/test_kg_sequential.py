@@ -25,7 +25,7 @@ def test_fede_learns(fede_run):
     assert out["test"]["hits_at_10"] > 0.7
     assert [e["round"] for e in out["rounds"]] == [1, 2, 3, 4, 5]
     assert ["valid" in e for e in out["rounds"]] == [False, True, False, True, True]
-    losses = [e["loss"] for e in out["rounds"]]
+    losses = [e["train_loss"] for e in out["rounds"]]
     assert losses[-1] < losses[0]
     assert out["final_table"].shape == (135, 32) and out["final_table"].dtype == np.float32
 

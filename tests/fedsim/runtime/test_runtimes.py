@@ -103,6 +103,18 @@ def test_simulation_and_deployment_agree(runs) -> None:
     )
 
 
+def test_simulation_equals_the_plain_sequential_computation(runs, tmp_path: Path) -> None:
+    """Flower+Ray changes where the computation runs, not what it computes: `local` mode (no
+    Flower, no Ray) gives the bit-identical final table for the same seed."""
+    cfg = load_config("fede-nations-smoke", [*SMOKE, "runtime.mode=local"])
+    local = run_experiment(cfg, tmp_path / "local")
+    assert local["test"]["mrr"] == runs["sim"][0]["test"]["mrr"]
+    np.testing.assert_array_equal(
+        np.load(tmp_path / "local" / "artifacts" / "final_entity_table.npy"),
+        np.load(runs["sim"][2] / "artifacts" / "final_entity_table.npy"),
+    )
+
+
 @pytest.mark.parametrize("mode", ["sim", "deploy-local"])
 def test_loopback_only_state_in_run_dir_nothing_left_running(runs, mode: str) -> None:
     _, observed, run_dir, home = runs[mode]

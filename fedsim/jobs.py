@@ -91,6 +91,9 @@ def run_experiment(
     cfg: ExperimentConfig, out: str | os.PathLike[str] | None = None, progress: ProgressFn | None = None
 ) -> dict[str, Any]:
     """Run `cfg` and return its summary (also written to summary.json)."""
+    from fedsim.kg.datasets import dataset_files
+
+    dataset_files(cfg.data.dataset, cfg.data.data_dir)  # a missing dataset fails here, before any process starts
     run_dir = prepare_run_dir(cfg, out)
     t0 = time.monotonic()
     try:

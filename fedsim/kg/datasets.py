@@ -129,6 +129,14 @@ def _split_file(directory: Path, split: str) -> Path:
     )
 
 
+def dataset_files(name: str, data_dir: str | os.PathLike | None = None) -> dict[str, Path]:
+    """The train/valid/test files `load_dataset` would read; DatasetError when one is missing."""
+    if name not in DATASET_NAMES:
+        raise DatasetError(f"unknown dataset {name!r}; valid names: {', '.join(DATASET_NAMES)}")
+    directory = _resolve_dir(name, data_dir)
+    return {split: _split_file(directory, split) for split in ("train", "valid", "test")}
+
+
 def _encode(
     triples: list[tuple[str, str, str]], ent_index: dict[str, int], rel_index: dict[str, int]
 ) -> tuple[np.ndarray, int]:

@@ -47,6 +47,19 @@ def test_bad_input_is_a_clear_error(argv: list[str], code: int, message: str, tm
     assert message in capsys.readouterr().err
 
 
+def test_missing_dataset_fails_before_any_process_starts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.delenv("FEDSIM_DATA_DIR", raising=False)
+    out = tmp_path / "run"
+    assert main(["run", "--set", "data.dataset=wn18rr", "--out", str(out)]) == 1
+    assert "needs a directory" in capsys.readouterr().err and not out.exists()
+    monkeypatch.setenv("FEDSIM_DATA_DIR", str(tmp_path))
+    (tmp_path / "wn18rr").mkdir()
+    (tmp_path / "wn18rr" / "train.txt").write_text("a\tr\tb\n")
+    assert main(["run", "--mode", "deploy-local", "--set", "data.dataset=wn18rr", "--out", str(out)]) == 1
+    assert "missing valid.txt" in capsys.readouterr().err and not out.exists()
+
+
 def test_occupied_out_dir_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "keep.txt").write_text("precious")
     assert main(["run", "fede-nations-smoke", "--mode", "local", "--out", str(tmp_path)]) == 1

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -36,6 +37,16 @@ def ray_temp_dir(run_dir: RunDir) -> Path:
     if not target.exists():
         target.symlink_to(short, target_is_directory=True)
     return short
+
+
+def reclaim_ray_temp_dir(run_dir: RunDir) -> None:
+    """Move a short /tmp Ray temp dir (see `ray_temp_dir`) into the run directory after the run."""
+    link = run_dir.state / "ray"
+    if link.is_symlink():
+        target = link.resolve()
+        link.unlink()
+        if target.is_dir():
+            shutil.move(str(target), str(link))
 
 
 def backend_config(cfg: ExperimentConfig) -> dict[str, Any]:
@@ -105,7 +116,10 @@ def run_simulation_job(run_dir: RunDir, cfg: ExperimentConfig, progress: Progres
         run_dir.logs / "simulation.log",
         env,
     )
-    supervise(run_dir, procs, driver, run_timeout=cfg.runtime.run_timeout, progress=progress)
+    try:
+        supervise(run_dir, procs, driver, run_timeout=cfg.runtime.run_timeout, progress=progress)
+    finally:
+        reclaim_ray_temp_dir(run_dir)
 
 
 if __name__ == "__main__":

@@ -123,6 +123,9 @@ def test_loopback_only_state_in_run_dir_nothing_left_running(runs, mode: str) ->
     assert all(_is_loopback(ip) for ip in observed.listen_ips), observed.listen_ips
     assert not (home / ".flwr").exists() and not (home / ".ray").exists()
     assert (run_dir / "state" / "flwr_home").is_dir()
+    if mode == "sim":  # Ray's session files end up in the run directory, not in a temp dir
+        ray_dir = run_dir / "state" / "ray"
+        assert ray_dir.is_dir() and not ray_dir.is_symlink() and any(ray_dir.glob("session_*"))
     alive = [pid for pid in observed.pids if psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE]
     assert not alive, f"processes left running: {alive}"
 

@@ -18,7 +18,11 @@ from servers.loop import LoopSettings, RoundLoop
 
 CONFIG_KEY = "fedsim-config"  # run-config key: the resolved experiment config as JSON
 RUN_DIR_KEY = "fedsim-run-dir"  # run-config key: where the ServerApp writes the run
-RUN_ID_KEY = "fedsim-run-id"
+
+
+def server_run_config(cfg: ExperimentConfig, run_dir: RunDir) -> dict[str, str]:
+    """The run config a runtime hands this ServerApp."""
+    return {CONFIG_KEY: cfg.to_json(), RUN_DIR_KEY: str(run_dir.path)}
 
 
 def serve(grid: Grid, run_config: Mapping[str, Any]) -> dict[str, Any]:

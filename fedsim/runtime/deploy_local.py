@@ -96,17 +96,14 @@ def healthy(port: int) -> bool:
 
 def run_deploy_local_job(run_dir: RunDir, cfg: ExperimentConfig, progress: ProgressFn | None = None) -> None:
     """Start SuperLink + N SuperNodes, `flwr run` the job, stop everything by PID."""
-    from servers.fkge_app import CONFIG_KEY, RUN_DIR_KEY, RUN_ID_KEY
+    from servers.fkge_app import server_run_config
 
     t0 = time.monotonic()
     env = runtime_env(run_dir.state)
     flwr_home = Path(env["FLWR_HOME"])
     port = free_port()
     write_flwr_config(flwr_home, f"127.0.0.1:{port}")
-    app_dir = write_app(
-        run_dir.state / "app",
-        {CONFIG_KEY: cfg.to_json(), RUN_DIR_KEY: str(run_dir.path), RUN_ID_KEY: run_dir.path.name},
-    )
+    app_dir = write_app(run_dir.state / "app", server_run_config(cfg, run_dir))
     procs = ProcessSet()
     try:
         link = procs.start(

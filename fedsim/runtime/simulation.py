@@ -83,15 +83,13 @@ def driver_main(run_dir_path: str) -> None:
     from flwr.simulation import run_simulation
 
     from clients.fkge_app import app as client_app
-    from servers.fkge_app import CONFIG_KEY, RUN_DIR_KEY, RUN_ID_KEY, make_server_app
+    from servers.fkge_app import make_server_app, server_run_config
 
     run_dir = RunDir(run_dir_path)
     apply_runtime_env(run_dir.state)
     cfg = from_dict(run_dir.read_json("config.json"))
     init_ray(cfg, run_dir)
-    server_app = make_server_app(
-        {CONFIG_KEY: cfg.to_json(), RUN_DIR_KEY: str(run_dir.path), RUN_ID_KEY: run_dir.path.name}
-    )
+    server_app = make_server_app(server_run_config(cfg, run_dir))
     try:
         run_simulation(
             server_app=server_app,

@@ -15,7 +15,7 @@ from fedsim.kg.aggregation import fede_aggregate
 from fedsim.record import open_run, verify_run
 from fedsim.rundir import RunDir
 from servers.fede import IDS, ROWS, VALUES
-from servers.fkge_app import CONFIG_KEY, RUN_DIR_KEY, serve
+from servers.fkge_app import serve, server_run_config
 from servers.loop import RoundFailed
 from tests.servers.inprocess import InProcessGrid, set_task_identity
 
@@ -25,7 +25,7 @@ SMOKE = ["model.hidden_dim=8", "train.num_neg=4", "train.eval_every=1", "train.r
 def _serve(tmp_path: Path, grid: InProcessGrid, *overrides: str) -> tuple[dict, RunDir]:
     cfg = load_config("fede-nations-smoke", [*SMOKE, "runtime.round_timeout=0.5", "runtime.poll_interval=0.01", *overrides])
     run_dir = RunDir(tmp_path / "run").create()
-    result = serve(grid, {CONFIG_KEY: cfg.to_json(), RUN_DIR_KEY: str(run_dir.path)})
+    result = serve(grid, server_run_config(cfg, run_dir))
     return result, run_dir
 
 

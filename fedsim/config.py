@@ -6,8 +6,10 @@ strategy, mode) raise `ConfigError` naming the dotted key and listing what is va
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
+import math
 import tomllib
 import types
 import typing
@@ -165,10 +167,11 @@ def _check_choice(key: str, value: str, choices: typing.Iterable[str]) -> None:
 
 def _check_positive(cfg: ExperimentConfig) -> None:
     checks = {
+        "seed": cfg.seed >= 0,
         "data.num_clients": cfg.data.num_clients >= 1,
         "model.hidden_dim": cfg.model.hidden_dim >= 1,
         "train.rounds": cfg.train.rounds >= 1,
-        "train.lr": cfg.train.lr > 0,
+        "train.lr": 0 < cfg.train.lr < math.inf,
         "train.batch_size": cfg.train.batch_size >= 1,
         "train.num_neg": cfg.train.num_neg >= 1,
         "train.local_epochs": cfg.train.local_epochs >= 1,
@@ -179,10 +182,14 @@ def _check_positive(cfg: ExperimentConfig) -> None:
         "runtime.num_cpus_per_client": cfg.runtime.num_cpus_per_client > 0,
         "runtime.num_gpus_per_client": cfg.runtime.num_gpus_per_client >= 0,
         "runtime.ray_num_cpus": cfg.runtime.ray_num_cpus >= 0,
-        "runtime.round_timeout": cfg.runtime.round_timeout > 0,
-        "runtime.run_timeout": cfg.runtime.run_timeout > 0,
-        "runtime.startup_timeout": cfg.runtime.startup_timeout > 0,
-        "runtime.poll_interval": cfg.runtime.poll_interval > 0,
+        # finite: an infinite timeout would switch off the no-hang guarantee
+        "runtime.round_timeout": 0 < cfg.runtime.round_timeout < math.inf,
+        "runtime.run_timeout": 0 < cfg.runtime.run_timeout < math.inf,
+        "runtime.startup_timeout": 0 < cfg.runtime.startup_timeout < math.inf,
+        "runtime.poll_interval": 0 < cfg.runtime.poll_interval < math.inf,
+        "model.gamma": math.isfinite(cfg.model.gamma),
+        "model.epsilon": math.isfinite(cfg.model.epsilon),
+        "train.adversarial_temperature": math.isfinite(cfg.train.adversarial_temperature),
     }
     for key, ok in checks.items():
         if not ok:
@@ -294,7 +301,7 @@ def parse_override(item: str) -> tuple[str, Any]:
 
 def apply_overrides(data: dict[str, Any], overrides: typing.Iterable[str]) -> dict[str, Any]:
     """Return a copy of `data` with each `key=value` applied at its dotted path."""
-    data = json.loads(json.dumps(data))
+    data = copy.deepcopy(data)
     for item in overrides:
         key, value = parse_override(item)
         parts = key.split(".")

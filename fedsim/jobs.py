@@ -19,6 +19,8 @@ def default_runs_dir() -> Path:
 def prepare_run_dir(cfg: ExperimentConfig, out: str | os.PathLike[str] | None) -> RunDir:
     """A fresh run directory holding the resolved config and the environment."""
     path = Path(out) if out is not None else default_runs_dir() / new_run_id(cfg.name)
+    if path.exists() and not path.is_dir():
+        raise FileExistsError(f"run directory {path} is a file; choose another --out")
     if path.exists() and any(path.iterdir()):
         raise FileExistsError(f"run directory {path} exists and is not empty; choose another --out")
     run_dir = RunDir(path).create()
@@ -30,6 +32,13 @@ def prepare_run_dir(cfg: ExperimentConfig, out: str | os.PathLike[str] | None) -
 
 def _run_local(run_dir: RunDir, cfg: ExperimentConfig, progress: ProgressFn | None) -> None:
     """The same computation in one plain process, no Flower/Ray (also the baselines)."""
+    from fedsim.runtime.environment import scoped_runtime_env
+
+    with scoped_runtime_env(run_dir.state):
+        _run_sequential(run_dir, cfg, progress)
+
+
+def _run_sequential(run_dir: RunDir, cfg: ExperimentConfig, progress: ProgressFn | None) -> None:
     import numpy as np
 
     from clients.fkge_app import hyper_params

@@ -13,7 +13,7 @@ from flwr.serverapp import Grid
 
 from fedsim.config import ExperimentConfig
 from fedsim.kg.aggregation import UpdateRejected, fede_aggregate, validate_update
-from fedsim.kg.metrics import weighted_average
+from fedsim.kg.metrics import METRIC_KEYS, weighted_average
 from fedsim.kg.shapes import entity_dim, init_table
 from servers.loop import ExchangeResult, RoundFailed, RoundStrategy
 
@@ -49,6 +49,35 @@ def read_rows(msg: Message) -> tuple[np.ndarray, np.ndarray]:
         raise UpdateRejected(f"reply arrays cannot be decoded: {err}") from err
 
 
+def _number(metrics: MetricRecord, key: str) -> float:
+    """A finite scalar metric; UpdateRejected names the key otherwise."""
+    if key not in metrics:
+        raise UpdateRejected(f"metric {key!r} is missing")
+    value = metrics[key]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value):
+        raise UpdateRejected(f"metric {key!r} must be a finite number, got {value!r}")
+    return float(value)
+
+
+def _registration(reply: Message) -> tuple[int, ClientInfo, int, dict[str, int]]:
+    """(partition id, client info, global entity count, eval sizes) of a registration reply."""
+    if "metrics" not in reply.content.metric_records or "entities" not in reply.content.array_records:
+        raise UpdateRejected("registration needs MetricRecord 'metrics' and ArrayRecord 'entities'")
+    metrics = reply.content.metric_records["metrics"]
+    values = {k: _number(metrics, k) for k in ("partition-id", "num-entities", "num-train", "num-valid", "num-test")}
+    if any(v < 0 or v != int(v) for v in values.values()):
+        raise UpdateRejected(f"registration counts must be non-negative integers: {values}")
+    ids = reply.content.array_records["entities"][IDS].numpy()
+    if ids.ndim != 1 or ids.dtype != np.int64 or ids.size == 0:
+        raise UpdateRejected(f"entity ids must be a non-empty 1-D int64 array, got {ids.dtype} {ids.shape}")
+    if ids.min() < 0 or np.any(np.diff(ids) <= 0):
+        raise UpdateRejected("entity ids must be non-negative, sorted and unique")
+    pid = int(values["partition-id"])
+    info = ClientInfo(pid, reply.metadata.src_node_id, ids, int(values["num-train"]))
+    counts = {"valid": int(values["num-valid"]), "test": int(values["num-test"])}
+    return pid, info, int(values["num-entities"]), counts
+
+
 class FedEStrategy(RoundStrategy):
     """FedE (Chen et al., IJCKG'21) with the server-held entity table, rows-only messages."""
 
@@ -60,6 +89,7 @@ class FedEStrategy(RoundStrategy):
         self.cfg = cfg
         self.on_reject = on_reject or (lambda _event: None)
         self.clients: dict[int, ClientInfo] = {}  # by partition id
+        self.eval_counts: dict[int, dict[str, int]] = {}  # registered valid/test sizes by partition id
         self.table: np.ndarray | None = None
         self.initial_table: np.ndarray | None = None
 
@@ -71,23 +101,28 @@ class FedEStrategy(RoundStrategy):
             for node in node_ids
         ]
         result = run_exchange(messages, "query")
-        num_entities = set()
+        registered = []
         for reply in result.replies:
-            metrics = reply.content.metric_records["metrics"]
-            pid = int(metrics["partition-id"])
+            try:
+                registered.append(_registration(reply))
+            except (UpdateRejected, KeyError, TypeError, ValueError) as err:
+                raise RoundFailed(f"node {reply.metadata.src_node_id} sent an invalid registration: {err}") from err
+        num_entities = {r[2] for r in registered}
+        if len(num_entities) != 1:
+            raise RoundFailed(f"clients disagree on the global entity count: {sorted(num_entities)}")
+        n = num_entities.pop()
+        for pid, info, _, counts in registered:
             if pid in self.clients:
                 raise RoundFailed(f"two nodes registered partition-id {pid}")
-            ids = reply.content.array_records["entities"][IDS].numpy()
-            self.clients[pid] = ClientInfo(pid, reply.metadata.src_node_id, ids, int(metrics["num-train"]))
-            num_entities.add(int(metrics["num-entities"]))
+            if info.entity_ids.size and info.entity_ids.max() >= n:
+                raise RoundFailed(f"node {info.node_id} registered entity ids outside [0, {n})")
+            self.clients[pid] = info
+            self.eval_counts[pid] = counts
         expected = set(range(self.cfg.data.num_clients))
         if set(self.clients) != expected:
             raise RoundFailed(
                 f"registered partition ids {sorted(self.clients)} do not match 0..{self.cfg.data.num_clients - 1}"
             )
-        if len(num_entities) != 1:
-            raise RoundFailed(f"clients disagree on the global entity count: {sorted(num_entities)}")
-        n = num_entities.pop()
         rng = np.random.default_rng(self.cfg.seed)
         self.table = init_table(
             n, entity_dim(self.cfg.model.name, self.cfg.model.hidden_dim), self.cfg.model.hidden_dim, self.cfg.model.gamma,
@@ -143,9 +178,8 @@ class FedEStrategy(RoundStrategy):
                 if info is None:
                     raise UpdateRejected(f"reply from unregistered node {reply.metadata.src_node_id}")
                 ids, rows = read_rows(reply)
-                validate_update(ids, rows, info.entity_ids, self.table.shape[1])
-                metrics = reply.content.metric_records.get("metrics", MetricRecord())
-                loss = float(metrics.get("loss", float("nan")))
+                validate_update(ids, rows, info.entity_ids, self.table.shape[1], dtype=self.table.dtype)
+                loss = _number(reply.content.metric_records.get("metrics", MetricRecord()), "loss")
             except UpdateRejected as err:
                 self._reject(server_round, reply, str(err))
                 continue
@@ -164,15 +198,22 @@ class FedEStrategy(RoundStrategy):
     def aggregate_evaluate(self, server_round: int, result: ExchangeResult, split: str) -> dict[str, Any]:
         per_client = []
         for reply in result.replies:
-            metrics = reply.content.metric_records.get("metrics")
-            if metrics is None or "count" not in metrics:
-                self._reject(server_round, reply, "evaluate reply without metrics")
-                continue
-            values = {k: float(v) for k, v in metrics.items()}
-            if not all(np.isfinite(v) for v in values.values()):
-                self._reject(server_round, reply, f"non-finite evaluation metrics {values}")
+            info = self._client_of(reply)
+            try:
+                if info is None:
+                    raise UpdateRejected(f"reply from unregistered node {reply.metadata.src_node_id}")
+                metrics = reply.content.metric_records.get("metrics", MetricRecord())
+                count = _number(metrics, "count")
+                expected = self.eval_counts[info.partition_id][split]
+                if count != expected:
+                    raise UpdateRejected(f"{split} count {count:g} != the {expected} triples registered")
+                # an empty split has no metrics (NaN); it carries no weight in the average
+                values = {"count": count, **({k: _number(metrics, k) for k in METRIC_KEYS} if count else {})}
+            except UpdateRejected as err:
+                self._reject(server_round, reply, f"evaluate: {err}")
                 continue
             per_client.append(values)
-        if not per_client:
-            raise RoundFailed(f"round {server_round}: no usable {split} evaluation")
+        needed = self.min_replies("evaluate", len(self.clients))
+        if len(per_client) < needed:
+            raise RoundFailed(f"round {server_round} {split}: {len(per_client)} valid evaluations, {needed} needed")
         return weighted_average(per_client)

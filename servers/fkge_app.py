@@ -49,17 +49,22 @@ def serve(grid: Grid, run_config: Mapping[str, Any]) -> dict[str, Any]:
             def set_round(server_round: int) -> None:
                 rgrid.current_round = server_round
 
+            def save_initial_table() -> None:  # at once, so that even a failed run can be replayed
+                assert strategy.initial_table is not None
+                np.save(run_dir.artifacts / "initial_entity_table.npy", strategy.initial_table)
+
             loop = RoundLoop(
                 rgrid, strategy, settings,
                 on_round=lambda row: run_dir.append_jsonl("metrics.jsonl", row),
                 set_round=set_round,
+                on_setup=save_initial_table,
             )
             result = loop.run()
-        assert strategy.initial_table is not None and strategy.table is not None
-        np.save(run_dir.artifacts / "initial_entity_table.npy", strategy.initial_table)
+        assert strategy.table is not None
         np.save(run_dir.artifacts / "final_entity_table.npy", strategy.table)
         result["clients"] = {
-            str(pid): {"node_id": info.node_id, "num_entities": int(len(info.entity_ids)), "num_train": info.num_train}
+            str(pid): {"node_id": info.node_id, "num_entities": int(len(info.entity_ids)), "num_train": info.num_train,
+                       "num_valid": strategy.eval_counts[pid]["valid"], "num_test": strategy.eval_counts[pid]["test"]}
             for pid, info in sorted(strategy.clients.items())
         }
         run_dir.write_json("result.json", result)

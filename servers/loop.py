@@ -87,9 +87,10 @@ def exchange(
                 replies.append(reply)
         if not pending:
             break
-        if time.monotonic() >= deadline:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
             break
-        time.sleep(poll_interval)
+        time.sleep(min(poll_interval, remaining))
     for msg_id in sorted(pending):
         failures.append(Failure(dst_of[msg_id], server_round, kind, f"no reply within {timeout:g} s"))
     result = ExchangeResult(
@@ -154,12 +155,14 @@ class RoundLoop:
         settings: LoopSettings,
         on_round: Callable[[dict[str, Any]], None] | None = None,
         set_round: Callable[[int], None] | None = None,
+        on_setup: Callable[[], None] | None = None,
     ) -> None:
         self.grid = grid
         self.strategy = strategy
         self.settings = settings
         self.on_round = on_round or (lambda _row: None)
         self.set_round = set_round or (lambda _r: None)
+        self.on_setup = on_setup or (lambda: None)
         self.failures: list[Failure] = []
 
     def wait_for_nodes(self) -> list[int]:
@@ -169,12 +172,13 @@ class RoundLoop:
             nodes = sorted(self.grid.get_node_ids())
             if len(nodes) >= self.settings.expected_nodes:
                 return nodes
-            if time.monotonic() >= deadline:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
                 raise RoundFailed(
                     f"only {len(nodes)} of {self.settings.expected_nodes} nodes connected within "
                     f"{self.settings.startup_timeout:g} s"
                 )
-            time.sleep(self.settings.poll_interval)
+            time.sleep(min(self.settings.poll_interval, remaining))
 
     def _exchange(self, messages: Iterable[Message], server_round: int, kind: str) -> ExchangeResult:
         messages = list(messages)
@@ -203,6 +207,7 @@ class RoundLoop:
             nodes,
             lambda messages, kind="query": self._exchange(messages, 0, kind),
         )
+        self.on_setup()
         setup_seconds = time.monotonic() - t0
         history = []
         s = self.settings

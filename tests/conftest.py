@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
 import pytest
 
 _STATE = Path(tempfile.mkdtemp(prefix="fedsim-tests-"))
+atexit.register(shutil.rmtree, _STATE, True)
 os.environ.update(
     {
         "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",

@@ -13,8 +13,12 @@ class UpdateRejected(ValueError):
     """A client's (ids, rows) upload is malformed or not allowed."""
 
 
-def validate_update(ids: np.ndarray, rows: np.ndarray, allowed_ids: np.ndarray, dim: int) -> None:
-    """Raise UpdateRejected unless `ids` are unique allowed integers and `rows` a finite float [len(ids), dim]."""
+def validate_update(
+    ids: np.ndarray, rows: np.ndarray, allowed_ids: np.ndarray, dim: int, dtype: np.dtype | type | None = np.float32
+) -> None:
+    """Raise UpdateRejected unless `ids` are unique allowed integers and `rows` a finite float [len(ids), dim]
+    of exactly `dtype` (the table's; None accepts any float). A wider dtype is rejected rather than cast: a
+    finite float64 such as 1e300 would become Inf in a float32 table."""
     ids = np.asarray(ids)
     rows = np.asarray(rows)
     if ids.ndim != 1:
@@ -25,6 +29,8 @@ def validate_update(ids: np.ndarray, rows: np.ndarray, allowed_ids: np.ndarray, 
         raise UpdateRejected(f"rows must be 2-D, got shape {rows.shape}")
     if not np.issubdtype(rows.dtype, np.floating):
         raise UpdateRejected(f"rows must be floating point, got dtype {rows.dtype}")
+    if dtype is not None and rows.dtype != np.dtype(dtype):
+        raise UpdateRejected(f"rows must be {np.dtype(dtype)}, got dtype {rows.dtype}")
     if rows.shape[1] != dim:
         raise UpdateRejected(f"rows must have width {dim}, got {rows.shape[1]}")
     if len(ids) != len(rows):

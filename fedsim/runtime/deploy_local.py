@@ -32,8 +32,9 @@ def _bin(name: str) -> str:
 
 
 def toml_string(value: str) -> str:
-    """A TOML basic string (JSON string escapes are valid TOML escapes)."""
-    return json.dumps(value, ensure_ascii=True)
+    """A TOML basic string: JSON's escapes of quotes, backslashes and control characters are valid
+    TOML escapes; every other character is written as itself (the file is UTF-8)."""
+    return json.dumps(value, ensure_ascii=False)
 
 
 def write_app(app_dir: Path, run_config: dict[str, str]) -> Path:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 # Ray otherwise binds the machine's network address; Flower otherwise writes ~/.flwr.
@@ -24,6 +26,7 @@ def runtime_env(state_dir: Path, base: dict[str, str] | None = None) -> dict[str
     """A process environment whose Flower, Ray, PyKEEN and HF state lives under `state_dir`."""
     env = dict(os.environ if base is None else base)
     env.update(STATIC_ENV)
+    env.pop("RAY_ADDRESS", None)  # fedsim passes runtime.ray_address explicitly; never join a cluster by accident
     env["FLWR_HOME"] = str(state_dir / "flwr_home")
     # Flower daemons spawn flower-superexec / flwr-serverapp / flwr-clientapp by name
     bin_dir = str(Path(sys.executable).parent)
@@ -32,6 +35,19 @@ def runtime_env(state_dir: Path, base: dict[str, str] | None = None) -> dict[str
     env.setdefault("HF_HOME", str(state_dir / "hf"))
     (state_dir / "flwr_home").mkdir(parents=True, exist_ok=True)
     return env
+
+
+@contextlib.contextmanager
+def scoped_runtime_env(state_dir: Path) -> Iterator[None]:
+    """The runtime environment in this process for the duration of a block (e.g. PyKEEN's
+    import-time ~/.data/pykeen goes to PYSTOW_HOME under the run directory instead)."""
+    before = dict(os.environ)
+    os.environ.update(runtime_env(state_dir))
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(before)
 
 
 def apply_runtime_env(state_dir: Path) -> None:

@@ -31,14 +31,9 @@ def descendants(pid: int) -> list[psutil.Process]:
         return []
 
 
-def stop_tree(pid: int, grace: float = 5.0) -> None:
-    """SIGTERM `pid` and every descendant (collected first), then SIGKILL what is left."""
-    procs: list[psutil.Process] = []
-    try:
-        procs.append(psutil.Process(pid))
-    except psutil.NoSuchProcess:
-        pass
-    procs.extend(descendants(pid))
+def stop_processes(procs: list[psutil.Process], grace: float = 5.0) -> None:
+    """SIGTERM every process, wait up to `grace` s, then SIGKILL what is left. psutil.Process
+    objects check the creation time before signalling, so a PID the OS has reused is never hit."""
     for proc in procs:
         try:
             proc.send_signal(signal.SIGTERM)
@@ -67,20 +62,28 @@ class ManagedProcess:
             env=env, cwd=cwd, start_new_session=True,
         )
         self.pid = self.popen.pid
-        self.known: set[int] = set()
+        self.process = psutil.Process(self.pid)
+        self.known: dict[int, psutil.Process] = {}
 
     def remember_descendants(self) -> None:
         """Note descendants while alive, so that they can be stopped even after re-parenting."""
-        self.known.update(p.pid for p in descendants(self.pid))
+        for proc in descendants(self.pid):
+            self.known.setdefault(proc.pid, proc)
 
     def poll(self) -> int | None:
         return self.popen.poll()
 
     def stop(self, grace: float = 5.0) -> None:
-        self.remember_descendants()
-        stop_tree(self.pid, grace)
-        for pid in self.known:
-            stop_tree(pid, grace)
+        if self.popen.returncode is None:  # not yet reaped: the PID is still ours
+            self.remember_descendants()
+        procs = [self.process, *self.known.values()]
+        for proc in list(self.known.values()):
+            try:
+                if proc.is_running():  # same process (creation time checked), not a reused PID
+                    procs.extend(proc.children(recursive=True))
+            except psutil.NoSuchProcess:
+                pass
+        stop_processes(procs, grace)
         try:
             self.popen.wait(timeout=grace)
         except subprocess.TimeoutExpired:  # pragma: no cover - SIGKILL was sent above
@@ -131,13 +134,3 @@ def wait_until(predicate: Callable[[], bool], timeout: float, what: str, interva
         if time.monotonic() >= deadline:
             raise RuntimeFailure(f"{what} did not happen within {timeout:g} s")
         time.sleep(interval)
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # pragma: no cover
-        return True
-    return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE

@@ -40,13 +40,33 @@ def ray_temp_dir(run_dir: RunDir) -> Path:
 
 
 def reclaim_ray_temp_dir(run_dir: RunDir) -> None:
-    """Move a short /tmp Ray temp dir (see `ray_temp_dir`) into the run directory after the run."""
+    """Copy a short /tmp Ray temp dir (see `ray_temp_dir`) into the run directory after the run,
+    without its unix sockets, then remove it. Never fails the run: on an error the link stays and
+    the reason is logged."""
     link = run_dir.state / "ray"
-    if link.is_symlink():
-        target = link.resolve()
+    if not link.is_symlink():
+        return
+    target = link.resolve()
+    staging = run_dir.state / "ray.copy"
+    try:
+        shutil.copytree(target, staging, symlinks=True, ignore=_sockets_and_specials)
         link.unlink()
-        if target.is_dir():
-            shutil.move(str(target), str(link))
+        staging.rename(link)
+        shutil.rmtree(target, ignore_errors=True)
+    except (OSError, shutil.Error) as err:
+        shutil.rmtree(staging, ignore_errors=True)
+        with open(run_dir.logs / "ray-temp-dir.log", "a", encoding="utf-8") as fh:
+            fh.write(f"could not move Ray's temp dir {target} into {link}: {err}\n")
+
+
+def _sockets_and_specials(directory: str, names: list[str]) -> set[str]:
+    """copytree ignore: unix sockets, FIFOs and other non-regular, non-directory entries."""
+    skipped = set()
+    for name in names:
+        path = Path(directory) / name
+        if not (path.is_symlink() or path.is_dir() or path.is_file()):
+            skipped.add(name)
+    return skipped
 
 
 def backend_config(cfg: ExperimentConfig) -> dict[str, Any]:

@@ -29,6 +29,31 @@ def test_run_local_prints_progress_and_table_then_verify(tmp_path: Path, capsys:
     summary = json.loads((out_dir / "summary.json").read_text())
     assert summary["status"] == "finished" and summary["mode"] == "local" and 0 < summary["test"]["mrr"] <= 1
     assert (out_dir / "artifacts" / "final_entity_table.npy").exists()
+    # local mode exchanges no messages, so there is no recording: verify says so and fails
+    assert main(["verify", str(out_dir)]) == 1
+    assert "cannot read manifest" in capsys.readouterr().out
+
+
+def test_local_mode_keeps_pykeen_state_out_of_home(tmp_path: Path) -> None:
+    """A fresh process with an empty HOME and no PYSTOW_HOME: PyKEEN's import-time data folder
+    must land under the run directory, not in ~/.data."""
+    import os
+    import subprocess
+    import sys
+
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {k: v for k, v in os.environ.items() if k not in ("PYSTOW_HOME", "HF_HOME")}
+    env["HOME"] = str(home)
+    out = tmp_path / "run"
+    proc = subprocess.run(
+        [sys.executable, "-m", "fedsim.cli", "run", "fede-nations-smoke", "--mode", "local", "--quiet",
+         "--set", "train.rounds=1", "--out", str(out)],
+        env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert not any(home.iterdir()), sorted(p.name for p in home.rglob("*"))
+    assert (out / "state" / "pystow").is_dir()
 
 
 @pytest.mark.parametrize(

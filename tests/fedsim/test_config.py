@@ -52,6 +52,9 @@ def test_toml_and_yaml_files_with_overrides(tmp_path: Path) -> None:
         ({"runtime": {"mode": "cloud"}}, r"runtime\.mode: unknown name 'cloud'; valid choices: sim, deploy-local, local"),
         ({"train": {"rounds": 0}}, r"train\.rounds: value 0 is out of range"),
         ({"strategy": {"name": "isolation"}}, r"runs only with runtime\.mode = 'local'"),
+        ({"seed": -1}, r"seed: value -1 is out of range"),
+        ({"runtime": {"run_timeout": float("inf")}}, r"runtime\.run_timeout: value inf is out of range"),
+        ({"train": {"lr": float("nan")}}, r"train\.lr: value nan is out of range"),
     ],
 )
 def test_errors_name_the_key_and_the_choices(data: dict, pattern: str) -> None:
@@ -90,6 +93,17 @@ def test_bad_files(tmp_path: Path) -> None:
         load_config(tmp_path / "missing.toml")
     with pytest.raises(ConfigError, match=r"neither a config file nor a preset; presets: .*fede-umls"):
         load_config("no-such-preset")
+
+
+def test_dates_and_other_non_json_values_name_the_key(tmp_path: Path) -> None:
+    toml = tmp_path / "date.toml"
+    toml.write_text("seed = 1979-05-27\n")
+    with pytest.raises(ConfigError, match=r"seed: expected int, got date"):
+        load_config(toml, ["train.rounds=2"])
+    yml = tmp_path / "date.yaml"
+    yml.write_text("data:\n  data_dir: 2020-01-01\n")
+    with pytest.raises(ConfigError, match=r"data\.data_dir: expected str or null, got date"):
+        load_config(yml)
 
 
 def test_round_trip_through_json() -> None:

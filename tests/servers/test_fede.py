@@ -19,11 +19,14 @@ from servers.fkge_app import serve, server_run_config
 from servers.loop import RoundFailed
 from tests.servers.inprocess import InProcessGrid, set_task_identity
 
-SMOKE = ["model.hidden_dim=8", "train.num_neg=4", "train.eval_every=1", "train.rounds=2"]
+# UMLS, 3 clients, relation split: client 2 holds 113 of the 135 entities, so a dense exchange,
+# or a mean over all clients instead of the holders, would be visible
+SMOKE = ["model.hidden_dim=8", "train.num_neg=4", "train.local_epochs=1", "train.eval_every=1", "train.rounds=2"]
+NUM_CLIENTS = 3
 
 
 def _serve(tmp_path: Path, grid: InProcessGrid, *overrides: str) -> tuple[dict, RunDir]:
-    cfg = load_config("fede-nations-smoke", [*SMOKE, "runtime.round_timeout=0.5", "runtime.poll_interval=0.01", *overrides])
+    cfg = load_config("fede-umls", [*SMOKE, "runtime.round_timeout=0.5", "runtime.poll_interval=0.01", *overrides])
     run_dir = RunDir(tmp_path / "run").create()
     result = serve(grid, server_run_config(cfg, run_dir))
     return result, run_dir
@@ -40,7 +43,7 @@ def _identity(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_rows_only_exchange_recorded_and_replayable(tmp_path: Path) -> None:
-    grid = InProcessGrid(2)
+    grid = InProcessGrid(NUM_CLIENTS)
     result, run_dir = _serve(tmp_path, grid)
     assert verify_run(run_dir.path).ok
     run = open_run(run_dir.path)
@@ -57,7 +60,7 @@ def test_rows_only_exchange_recorded_and_replayable(tmp_path: Path) -> None:
     table = initial.copy()
     for server_round in (1, 2):
         downs = run.entries(round=server_round, kind="train", direction="down")
-        assert len(downs) == 2
+        assert len(downs) == NUM_CLIENTS
         for entry in downs:
             ids, rows = _up_rows(entry)
             # only the node's own rows travel, never the dense table
@@ -68,13 +71,24 @@ def test_rows_only_exchange_recorded_and_replayable(tmp_path: Path) -> None:
                      key=lambda e: grid.contexts[e.node_id].node_config["partition-id"])
         table = fede_aggregate(table, [_up_rows(e) for e in ups])
     np.testing.assert_array_equal(table, final)
+    assert min(len(ids) for ids in held.values()) < num_entities  # some client holds a strict subset
+    # the mean is over holders: an entity held by one client takes exactly that client's last row
+    last_ups = run.entries(round=2, kind="train", direction="up")
+    holders = np.zeros(num_entities, dtype=int)
+    for ids in held.values():
+        holders[ids] += 1
+    for entry in last_ups:
+        ids, rows = _up_rows(entry)
+        solo = holders[ids] == 1
+        np.testing.assert_array_equal(final[ids[solo]], rows[solo])
+    assert (holders == 1).any()
     assert result["test"]["count"] > 0
 
 
 def test_bytes_per_round_equal_held_row_payload(tmp_path: Path) -> None:
-    grid = InProcessGrid(2)
+    grid = InProcessGrid(NUM_CLIENTS)
     result, _ = _serve(tmp_path, grid)
-    dim = 8
+    dim = 8  # TransE: entity width = hidden_dim
     expected = sum(c["num_entities"] * (8 + 4 * dim) for c in result["clients"].values())
     for row in result["rounds"]:
         assert row["bytes_down"] == expected and row["bytes_up"] == expected
@@ -99,9 +113,19 @@ def _tamper(kind: str):
             rows[0, 0] = np.nan
         elif kind == "inf":
             rows[-1, -1] = np.inf
-        elif kind == "unknown-id":
+        elif kind == "out-of-range-id":
             ids = ids.copy()
             ids[0] = 10_000
+        elif kind == "unheld-id":  # a real entity this client does not hold
+            ids = ids.copy()
+            ids[0] = np.setdiff1d(np.arange(135), ids)[0]
+            ids.sort()
+        elif kind == "float64":
+            return _replace_rows(msg, ids, rows.astype(np.float64) * 1e300)
+        elif kind == "nan-loss":
+            content = RecordDict({ROWS: ArrayRecord({IDS: Array(ids), VALUES: Array(rows)}),
+                                  "metrics": MetricRecord({"loss": float("nan"), "num-examples": 1})})
+            return Message(content, reply_to=msg)
         elif kind == "duplicate-id":
             ids = ids.copy()
             ids[1] = ids[0]
@@ -117,11 +141,13 @@ def _tamper(kind: str):
 
 
 @pytest.mark.parametrize(
-    "kind", ["shape", "nan", "inf", "unknown-id", "duplicate-id", "int-dtype", "row-count", "missing-record"]
+    "kind",
+    ["shape", "nan", "inf", "out-of-range-id", "unheld-id", "duplicate-id", "int-dtype", "float64", "row-count",
+     "missing-record", "nan-loss"],
 )
 def test_malformed_reply_is_rejected_logged_and_not_aggregated(tmp_path: Path, kind: str) -> None:
-    grid = InProcessGrid(2)
-    bad_node = max(grid.contexts)
+    grid = InProcessGrid(NUM_CLIENTS)
+    bad_node = min(grid.contexts)  # partition 0: holds fewer than all entities
     grid.tamper[bad_node] = _tamper(kind)
     _, run_dir = _serve(tmp_path, grid, "strategy.min_clients=1", "train.rounds=1")
     rejections = run_dir.read_jsonl("rejections.jsonl")
@@ -141,16 +167,16 @@ def test_malformed_reply_is_rejected_logged_and_not_aggregated(tmp_path: Path, k
 
 
 def test_malformed_reply_fails_round_when_every_client_is_needed(tmp_path: Path) -> None:
-    grid = InProcessGrid(2)
+    grid = InProcessGrid(NUM_CLIENTS)
     grid.tamper[max(grid.contexts)] = _tamper("nan")
-    with pytest.raises(RoundFailed, match="1 valid updates, 2 needed"):
+    with pytest.raises(RoundFailed, match="2 valid updates, 3 needed"):
         _serve(tmp_path, grid, "train.rounds=1")
     status = json.loads((tmp_path / "run" / "status.json").read_text())
     assert status["state"] == "failed" and "valid updates" in status["error"]
 
 
 def test_silent_node_ends_round_within_timeout(tmp_path: Path) -> None:
-    grid = InProcessGrid(2)
+    grid = InProcessGrid(NUM_CLIENTS)
     contexts = grid.contexts
     silent = max(contexts)
 
@@ -164,16 +190,62 @@ def test_silent_node_ends_round_within_timeout(tmp_path: Path) -> None:
         _serve(tmp_path, grid, "train.rounds=2")
 
 
-def test_non_finite_evaluation_metrics_are_rejected(tmp_path: Path) -> None:
-    grid = InProcessGrid(2)
-    bad = max(grid.contexts)
-
-    def nan_metrics(msg: Message, reply: Message) -> Message:
+def _bad_evaluation(kind: str):
+    def tamper(msg: Message, reply: Message) -> Message:
         if msg.metadata.message_type != "evaluate":
             return reply
-        return Message(RecordDict({"metrics": MetricRecord({"count": 5, "mrr": float("nan")})}), reply_to=msg)
+        metrics = dict(reply.content.metric_records["metrics"])
+        if kind == "nan":
+            metrics["mrr"] = float("nan")
+        elif kind == "inflated-count":  # would dominate the test-size-weighted average
+            metrics["count"] = 10**9
+        elif kind == "missing-key":
+            del metrics["hits_at_10"]
+        return Message(RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)
 
-    grid.tamper[bad] = nan_metrics
-    result, run_dir = _serve(tmp_path, grid, "train.rounds=1")
-    assert np.isfinite(result["test"]["mrr"])
-    assert any("non-finite" in r["reason"] for r in run_dir.read_jsonl("rejections.jsonl"))
+    return tamper
+
+
+@pytest.mark.parametrize("kind", ["nan", "inflated-count", "missing-key"])
+def test_bad_evaluation_is_rejected(tmp_path: Path, kind: str) -> None:
+    grid = InProcessGrid(NUM_CLIENTS)
+    bad = max(grid.contexts)
+    grid.tamper[bad] = _bad_evaluation(kind)
+    result, run_dir = _serve(tmp_path, grid, "train.rounds=1", "strategy.min_clients=2")
+    honest = InProcessGrid(NUM_CLIENTS)
+    reference, _ = _serve(tmp_path / "honest", honest, "train.rounds=1", "strategy.min_clients=2")
+    rejected = [r for r in run_dir.read_jsonl("rejections.jsonl") if r["node_id"] == bad]
+    assert rejected and all(r["reason"].startswith("evaluate:") for r in rejected)
+    assert result["test"]["count"] == reference["test"]["count"] - reference["clients"][str(NUM_CLIENTS - 1)]["num_test"]
+    assert 0 < result["test"]["mrr"] < 1
+
+
+def test_bad_evaluation_fails_the_run_when_every_client_is_needed(tmp_path: Path) -> None:
+    grid = InProcessGrid(NUM_CLIENTS)
+    grid.tamper[max(grid.contexts)] = _bad_evaluation("nan")
+    with pytest.raises(RoundFailed, match=r"valid: 2 valid evaluations, 3 needed"):
+        _serve(tmp_path, grid, "train.rounds=1")
+
+
+@pytest.mark.parametrize("field", ["metrics", "ids-float", "ids-out-of-range", "ids-unsorted"])
+def test_invalid_registration_stops_the_run_with_its_reason(tmp_path: Path, field: str) -> None:
+    grid = InProcessGrid(NUM_CLIENTS)
+
+    def tamper(msg: Message, reply: Message) -> Message:
+        if msg.metadata.message_type != "query":
+            return reply
+        ids = reply.content.array_records["entities"][IDS].numpy()
+        metrics = reply.content.metric_records["metrics"]
+        if field == "metrics":
+            return Message(RecordDict({"entities": ArrayRecord({IDS: Array(ids)})}), reply_to=msg)
+        if field == "ids-float":
+            ids = ids.astype(np.float64)
+        elif field == "ids-out-of-range":
+            ids = np.append(ids, 10_000)
+        elif field == "ids-unsorted":
+            ids = ids[::-1].copy()
+        return Message(RecordDict({"entities": ArrayRecord({IDS: Array(ids)}), "metrics": metrics}), reply_to=msg)
+
+    grid.tamper[max(grid.contexts)] = tamper
+    with pytest.raises(RoundFailed, match=rf"node {max(grid.contexts)} sent an invalid registration|outside \[0, 135\)"):
+        _serve(tmp_path, grid)

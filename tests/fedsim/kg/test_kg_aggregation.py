@@ -68,7 +68,13 @@ GOOD_ROWS = np.zeros((2, 4), dtype=np.float32)
 
 def test_validate_accepts_good_update():
     validate_update(GOOD_IDS, GOOD_ROWS, ALLOWED, 4)
-    validate_update(GOOD_IDS, GOOD_ROWS.astype(np.float64), ALLOWED, 4)
+    validate_update(GOOD_IDS, GOOD_ROWS.astype(np.float64), ALLOWED, 4, dtype=None)
+
+
+def test_validate_rejects_a_wider_float_that_would_overflow_the_table():
+    huge = np.full_like(GOOD_ROWS, 1e300, dtype=np.float64)
+    with pytest.raises(UpdateRejected, match="rows must be float32, got dtype float64"):
+        validate_update(GOOD_IDS, huge, ALLOWED, 4)
 
 
 @pytest.mark.parametrize(

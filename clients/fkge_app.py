@@ -20,6 +20,7 @@ if TYPE_CHECKING:  # torch is imported only where a client computes (keeps drive
 
 STATE_CONFIG = "fedsim"  # context.state ConfigRecord: the experiment config received at registration
 STATE_RELATIONS = "relations"  # context.state ArrayRecord: this client's private relation table
+STATE_ACCOUNTANT = "accountant"  # context.state ConfigRecord: DP modes, the client's privacy accountant (JSON)
 
 
 def hyper_params(cfg: ExperimentConfig) -> KGEHyperParams:
@@ -111,18 +112,40 @@ def register(msg: Message, context: Context) -> Message:
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    """Local FedE training on the received rows; returns the updated rows only."""
+    """Local FedE training on the received rows; returns the updated rows only (in the DP modes,
+    only the privately selected rows, with the client's epsilon so far)."""
     engine, rows, relations, config = _inputs(msg, context)
     server_round = int(config["server-round"])
-    new_rows, new_relations, metrics = engine.train(rows, relations, server_round)
+    cfg = from_dict(json.loads(str(context.state.config_records[STATE_CONFIG]["config"])))
+    if cfg.privacy.mode == "fede":
+        new_rows, new_relations, metrics = engine.train(rows, relations, server_round)
+        upload = np.arange(len(new_rows))
+        reply_metrics = {"loss": float(metrics["loss"]), "num-examples": int(metrics["num-examples"])}
+    else:
+        upload, new_rows, new_relations, reply_metrics = _train_private(engine, rows, relations, config, cfg, context)
     context.state.array_records[STATE_RELATIONS] = ArrayRecord({"table": Array(new_relations)})
     content = RecordDict(
         {
-            ROWS: rows_record(engine.client.entity_ids, new_rows),
-            "metrics": MetricRecord({"loss": float(metrics["loss"]), "num-examples": int(metrics["num-examples"])}),
+            ROWS: rows_record(engine.client.entity_ids[upload], new_rows[upload]),
+            "metrics": MetricRecord(reply_metrics),
         }
     )
     return Message(content, reply_to=msg)
+
+
+def _train_private(engine, rows, relations, config: ConfigRecord, cfg: ExperimentConfig, context: Context):
+    from fedsim.kg.private import new_accountant, private_round
+
+    accountant = new_accountant(cfg.privacy, cfg.train.batch_size, len(engine.client.train))
+    if STATE_ACCOUNTANT in context.state.config_records:
+        accountant.load_state_dict(json.loads(str(context.state.config_records[STATE_ACCOUNTANT]["state"])))
+    sigma = float(config.get("noise-multiplier", cfg.privacy.noise_multiplier))
+    upload, new_rows, new_relations, metrics = private_round(
+        engine, rows, relations, int(config["server-round"]), cfg.privacy, cfg.train.batch_size, sigma, accountant
+    )
+    context.state.config_records[STATE_ACCOUNTANT] = ConfigRecord({"state": json.dumps(accountant.state_dict())})
+    metrics = {k: (float(v) if isinstance(v, float) else int(v)) for k, v in metrics.items()}
+    return upload, new_rows, new_relations, metrics
 
 
 @app.evaluate()

@@ -24,6 +24,8 @@ def progress_printer(total_rounds: int):
         valid = row.get("valid")
         if valid:
             parts.append(f"valid MRR {valid['mrr']:.4f}")
+        if row.get("max_epsilon") is not None:
+            parts.append(f"max eps {row['max_epsilon']:.2f}")
         if row.get("failures"):
             parts.append(f"failures {len(row['failures'])}")
         if "elapsed" in row:
@@ -37,7 +39,9 @@ def print_summary(summary: dict[str, Any]) -> None:
     test = summary.get("test") or {}
     print()
     print(f"{'run':<18}{summary['run_id']}")
-    print(f"{'mode':<18}{summary['mode']} ({summary['strategy']})")
+    print(f"{'mode':<18}{summary['mode']} ({summary['strategy']}, {summary.get('privacy', 'fede')})")
+    if summary.get("max_epsilon") is not None:
+        print(f"{'max epsilon':<18}{summary['max_epsilon']:.3f} (delta {summary['delta']:g})")
     print(f"{'rounds':<18}{summary['rounds']}")
     for key in ("mrr", "mr", "hits_at_1", "hits_at_3", "hits_at_10"):
         if key in test:
@@ -56,8 +60,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.mode:
         overrides.append(f"runtime.mode={args.mode}")
     cfg = load_config(args.config, overrides)
+    privacy = "" if cfg.privacy.mode == "fede" else f", {cfg.privacy.mode} (sigma {cfg.privacy.noise_multiplier:g})"
     print(f"fedsim run {cfg.name}: {cfg.model.name} on {cfg.data.dataset}, {cfg.data.num_clients} clients "
-          f"({cfg.data.partition}), {cfg.train.rounds} rounds, mode {cfg.runtime.mode}", flush=True)
+          f"({cfg.data.partition}), {cfg.train.rounds} rounds, mode {cfg.runtime.mode}{privacy}", flush=True)
     from fedsim.jobs import run_experiment
 
     summary = run_experiment(cfg, args.out, progress=None if args.quiet else progress_printer(cfg.train.rounds))

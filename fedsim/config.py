@@ -26,6 +26,8 @@ class ConfigError(ValueError):
 
 
 MODES = ("sim", "deploy-local", "local")
+PRIVACY_MODES = ("fede", "dp-naive", "dp-flames", "dp-flames-adaptive")
+ACCOUNTANT_BACKENDS = ("rdp", "pld")
 STRATEGIES = ("fede", "isolation", "collection")
 AGGREGATIONS = ("mean", "count-weighted")
 
@@ -67,6 +69,28 @@ class StrategyConfig:
 
 
 @dataclass
+class PrivacySettings:
+    """DP for the clients' uploads (DP-Flames, fkge.md section 4); `fede` is no DP."""
+
+    mode: str = "fede"
+    noise_multiplier: float = 1.0  # sigma; noise N(0, sigma^2 C^2) on the clipped sum
+    max_grad_norm: float = 1.0  # C, one joint norm over a triple's entity rows and relation row
+    delta: float = 1e-5
+    selection_epsilon: float = 0.5  # dp-flames: epsilon of each private row selection
+    k_min: int = 1  # dp-flames: bounds on the number of rows selected per step
+    k_max: int = 0  # 0: all rows the client holds
+    eps_max: float = 0.0  # a client stops uploading once its epsilon reaches this (0: never)
+    accountant: str = "rdp"
+    # dp-flames-adaptive (the paper's policy): every check_per_round rounds, a client whose
+    # validation MRR gained less than diff_mrr gets sigma *= decline_mult, floored at sigma_min
+    check_per_round: int = 5
+    adaptive_signal: str = "mrr"  # "mrr" (the paper's; its privacy cost is not accounted) or "schedule"
+    diff_mrr: float = 0.001
+    decline_mult: float = 0.95
+    sigma_min: float = 0.3
+
+
+@dataclass
 class RuntimeConfig:
     mode: str = "sim"
     num_cpus_per_client: float = 1.0
@@ -88,6 +112,7 @@ class ExperimentConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
+    privacy: PrivacySettings = field(default_factory=PrivacySettings)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
 
     def to_dict(self) -> dict[str, Any]:
@@ -188,6 +213,17 @@ def _check_positive(cfg: ExperimentConfig) -> None:
         "runtime.startup_timeout": 0 < cfg.runtime.startup_timeout < math.inf,
         "runtime.poll_interval": 0 < cfg.runtime.poll_interval < math.inf,
         "model.gamma": math.isfinite(cfg.model.gamma),
+        "privacy.noise_multiplier": 0 < cfg.privacy.noise_multiplier < math.inf,
+        "privacy.max_grad_norm": 0 < cfg.privacy.max_grad_norm < math.inf,
+        "privacy.delta": 0 < cfg.privacy.delta < 1,
+        "privacy.selection_epsilon": 0 < cfg.privacy.selection_epsilon < math.inf,
+        "privacy.k_min": cfg.privacy.k_min >= 1,
+        "privacy.k_max": cfg.privacy.k_max == 0 or cfg.privacy.k_max >= cfg.privacy.k_min,
+        "privacy.eps_max": 0 <= cfg.privacy.eps_max < math.inf,
+        "privacy.check_per_round": cfg.privacy.check_per_round >= 1,
+        "privacy.diff_mrr": math.isfinite(cfg.privacy.diff_mrr),
+        "privacy.decline_mult": 0 < cfg.privacy.decline_mult <= 1,
+        "privacy.sigma_min": 0 < cfg.privacy.sigma_min < math.inf,
         "model.epsilon": math.isfinite(cfg.model.epsilon),
         "train.adversarial_temperature": math.isfinite(cfg.train.adversarial_temperature),
     }
@@ -212,6 +248,13 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
     _check_choice("strategy.name", cfg.strategy.name, STRATEGIES)
     _check_choice("strategy.aggregation", cfg.strategy.aggregation, AGGREGATIONS)
     _check_choice("runtime.mode", cfg.runtime.mode, MODES)
+    _check_choice("privacy.mode", cfg.privacy.mode, PRIVACY_MODES)
+    _check_choice("privacy.accountant", cfg.privacy.accountant, ACCOUNTANT_BACKENDS)
+    _check_choice("privacy.adaptive_signal", cfg.privacy.adaptive_signal, ("mrr", "schedule"))
+    if cfg.privacy.mode != "fede" and cfg.strategy.name != "fede":
+        raise ConfigError(f"privacy.mode: {cfg.privacy.mode!r} needs strategy.name = 'fede' (got {cfg.strategy.name!r})")
+    if cfg.privacy.mode.startswith("dp-flames") and cfg.privacy.accountant == "pld":
+        raise ConfigError("privacy.accountant: 'pld' cannot compose the private selections of dp-flames; use 'rdp'")
     _check_positive(cfg)
     if cfg.strategy.name != "fede" and cfg.runtime.mode != "local":
         raise ConfigError(

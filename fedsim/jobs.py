@@ -56,7 +56,7 @@ def _run_sequential(run_dir: RunDir, cfg: ExperimentConfig, progress: ProgressFn
     result = run_sequential(
         cfg.data.dataset, cfg.data.data_dir, cfg.data.partition, cfg.data.num_clients, cfg.seed,
         hyper_params(cfg), cfg.train.rounds, cfg.train.eval_every, baseline=cfg.strategy.name,
-        on_round=on_round, aggregation=cfg.strategy.aggregation,
+        on_round=on_round, aggregation=cfg.strategy.aggregation, privacy=cfg.privacy,
     )
     table = result.pop("final_table", None)
     if table is not None:
@@ -74,6 +74,7 @@ def summarize(run_dir: RunDir, cfg: ExperimentConfig, wall: float) -> dict[str, 
         "name": cfg.name,
         "mode": cfg.runtime.mode,
         "strategy": cfg.strategy.name,
+        "privacy": cfg.privacy.mode,
         "status": run_dir.status().get("state"),
         "rounds": len(rounds),
         "test": result.get("test"),
@@ -84,6 +85,10 @@ def summarize(run_dir: RunDir, cfg: ExperimentConfig, wall: float) -> dict[str, 
         "failures": result.get("failures", []),
         "run_dir": str(run_dir.path),
     }
+    if rounds and rounds[-1].get("privacy"):
+        summary["max_epsilon"] = rounds[-1].get("max_epsilon")
+        summary["delta"] = cfg.privacy.delta
+        summary["epsilon_per_client"] = {pid: p["epsilon"] for pid, p in rounds[-1]["privacy"].items()}
     if rounds and "bytes_up" in rounds[0]:
         summary["bytes_per_round"] = {"down": rounds[-1]["bytes_down"], "up": rounds[-1]["bytes_up"]}
     manifest = run_dir.path / "record" / "manifest.jsonl"

@@ -16,6 +16,7 @@ from fedsim.kg.aggregation import UpdateRejected, fede_aggregate, validate_updat
 from fedsim.kg.metrics import METRIC_KEYS, weighted_average
 from fedsim.kg.shapes import entity_dim, init_table
 from servers.loop import ExchangeResult, RoundFailed, RoundStrategy
+from fedsim.dp.noise_policy import NoisePolicy
 
 ROWS = "rows"  # ArrayRecord key of entity ids + rows, both directions
 IDS, VALUES = "entity-ids", "entity-rows"
@@ -92,6 +93,7 @@ class FedEStrategy(RoundStrategy):
         self.eval_counts: dict[int, dict[str, int]] = {}  # registered valid/test sizes by partition id
         self.table: np.ndarray | None = None
         self.initial_table: np.ndarray | None = None
+        self.noise: NoisePolicy | None = None  # DP modes: sigma per client, adapted over rounds
 
     # -- registration ----------------------------------------------------------------------
     def setup(self, grid: Grid, node_ids: list[int], run_exchange: Callable[..., ExchangeResult]) -> None:
@@ -129,6 +131,8 @@ class FedEStrategy(RoundStrategy):
             self.cfg.model.epsilon, rng,
         )
         self.initial_table = self.table.copy()
+        if self.cfg.privacy.mode != "fede":
+            self.noise = NoisePolicy(self.cfg.privacy, sorted(self.clients))
 
     def min_replies(self, kind: str, num_sent: int) -> int:
         if kind == "query":
@@ -136,15 +140,21 @@ class FedEStrategy(RoundStrategy):
         return min(num_sent, self.cfg.strategy.min_clients or num_sent)
 
     # -- messages --------------------------------------------------------------------------
+    def needs_validation(self, server_round: int) -> bool:
+        return self.noise is not None and self.noise.needs_validation(server_round)
+
     def _messages(self, server_round: int, message_type: str, extra: dict[str, Any]) -> list[Message]:
         assert self.table is not None
         out = []
         for pid in sorted(self.clients):
             info = self.clients[pid]
+            config = {"server-round": server_round, **extra}
+            if self.noise is not None and message_type == MessageType.TRAIN:
+                config["noise-multiplier"] = self.noise.sigma[pid]
             content = RecordDict(
                 {
                     ROWS: rows_record(info.entity_ids, self.table[info.entity_ids]),
-                    "config": ConfigRecord({"server-round": server_round, **extra}),
+                    "config": ConfigRecord(config),
                 }
             )
             out.append(Message(content, dst_node_id=info.node_id, message_type=message_type, group_id=str(server_round)))
@@ -171,7 +181,8 @@ class FedEStrategy(RoundStrategy):
 
     def aggregate_train(self, server_round: int, result: ExchangeResult) -> dict[str, Any]:
         assert self.table is not None
-        accepted: list[tuple[int, np.ndarray, np.ndarray, float, float]] = []
+        accepted: list[tuple[int, np.ndarray, np.ndarray, float, float | None]] = []
+        privacy: dict[str, dict[str, float]] = {}
         for reply in result.replies:
             info = self._client_of(reply)
             try:
@@ -179,7 +190,18 @@ class FedEStrategy(RoundStrategy):
                     raise UpdateRejected(f"reply from unregistered node {reply.metadata.src_node_id}")
                 ids, rows = read_rows(reply)
                 validate_update(ids, rows, info.entity_ids, self.table.shape[1], dtype=self.table.dtype)
-                loss = _number(reply.content.metric_records.get("metrics", MetricRecord()), "loss")
+                metrics = reply.content.metric_records.get("metrics", MetricRecord())
+                stopped = False
+                if self.noise is not None:
+                    spent = {k: _number(metrics, k) for k in ("epsilon", "noise-multiplier", "uploaded-rows", "stopped")}
+                    if spent["uploaded-rows"] != len(ids):
+                        raise UpdateRejected(f"uploaded-rows {spent['uploaded-rows']:g} != {len(ids)} rows sent")
+                    stopped = spent["stopped"] == 1
+                    if stopped and len(ids):
+                        raise UpdateRejected("a client past its privacy budget uploaded rows")
+                    privacy[str(info.partition_id)] = spent
+                # DP clients send no loss: it is computed on raw batches and not covered by the accountant
+                loss = None if self.noise is not None else _number(metrics, "loss")
             except UpdateRejected as err:
                 self._reject(server_round, reply, str(err))
                 continue
@@ -190,13 +212,22 @@ class FedEStrategy(RoundStrategy):
         accepted.sort(key=lambda item: item[0])  # deterministic order: partition id
         weights = [a[3] for a in accepted] if self.cfg.strategy.aggregation == "count-weighted" else None
         self.table = fede_aggregate(self.table, [(a[1], a[2]) for a in accepted], weights=weights)
-        # the train-count-weighted mean client loss, as the sequential runner reports it
-        loss = float(np.average([a[4] for a in accepted], weights=[a[3] for a in accepted]))
-        return {"train_loss": loss, "clients": [a[0] for a in accepted],
-                "rejected": len(result.replies) - len(accepted)}
+        # the train-count-weighted mean loss of the clients that trained, as the sequential runner reports it
+        trained = [a for a in accepted if a[4] is not None]
+        loss = float(np.average([a[4] for a in trained], weights=[a[3] for a in trained])) if trained else None
+        row: dict[str, Any] = {"train_loss": loss, "clients": [a[0] for a in accepted],
+                               "rejected": len(result.replies) - len(accepted)}
+        if self.noise is not None:
+            row["privacy"] = privacy
+            if privacy:
+                row["max_epsilon"] = max(p["epsilon"] for p in privacy.values())
+            if self.cfg.privacy.adaptive_signal == "schedule":
+                self.noise.observe(server_round, {})
+        return row
 
     def aggregate_evaluate(self, server_round: int, result: ExchangeResult, split: str) -> dict[str, Any]:
         per_client = []
+        valid_mrr: dict[int, float] = {}
         for reply in result.replies:
             info = self._client_of(reply)
             try:
@@ -213,7 +244,11 @@ class FedEStrategy(RoundStrategy):
                 self._reject(server_round, reply, f"evaluate: {err}")
                 continue
             per_client.append(values)
+            if count:
+                valid_mrr[info.partition_id] = values["mrr"]
         needed = self.min_replies("evaluate", len(self.clients))
         if len(per_client) < needed:
             raise RoundFailed(f"round {server_round} {split}: {len(per_client)} valid evaluations, {needed} needed")
+        if self.noise is not None and split == "valid" and self.cfg.privacy.adaptive_signal == "mrr":
+            self.noise.observe(server_round, valid_mrr)
         return weighted_average(per_client)

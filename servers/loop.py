@@ -134,6 +134,10 @@ class RoundStrategy(ABC):
         """Usable replies needed to go on (default: all)."""
         return num_sent
 
+    def needs_validation(self, server_round: int) -> bool:
+        """Whether the strategy itself needs a validation after this round (e.g. an adaptive policy)."""
+        return False
+
 
 @dataclass
 class LoopSettings:
@@ -217,7 +221,8 @@ class RoundLoop:
             row: dict[str, Any] = {"round": server_round, **self.strategy.aggregate_train(server_round, train)}
             row["bytes_down"], row["bytes_up"] = train.bytes_down, train.bytes_up
             row["failures"] = [f.to_dict() for f in train.failures]
-            if s.eval_every and server_round % s.eval_every == 0 and server_round != s.rounds:
+            scheduled = bool(s.eval_every) and server_round % s.eval_every == 0
+            if (scheduled or self.strategy.needs_validation(server_round)) and server_round != s.rounds:
                 row["valid"], _ = self._evaluate(server_round, "valid")
             row["round_seconds"] = time.monotonic() - t_round
             row["elapsed"] = time.monotonic() - t0

@@ -18,6 +18,8 @@ __all__ = ["FedEClientEngine", "derive_seed"]
 # stream tags so that the relation init and the per-round training RNGs never share a seed
 _TAG_RELATION_INIT = 1
 _TAG_TRAIN = 2
+_TAG_DP_NOISE = 3
+_TAG_DP_SELECTION = 4
 
 
 def derive_seed(*parts: int) -> int:
@@ -139,6 +141,31 @@ class FedEClientEngine:
             new_ent = entities.detach().numpy().copy()
             new_rel = relations.detach().numpy().copy()
         return new_ent, new_rel, {"loss": loss, "num-examples": n_train}
+
+    def train_private(
+        self, entity_rows: np.ndarray, relation_table: np.ndarray, server_round: int, step_config, accountant
+    ) -> tuple[np.ndarray, np.ndarray, dict, np.ndarray]:
+        """One round of DP local training (fedsim.dp.training): returns (new rows, new relation table,
+        metrics, the local rows that changed, i.e. the rows to upload). A fresh Adam every round."""
+        from fedsim.dp.training import dp_train_round
+
+        p = self.params
+        ent_np, rel_np = self._check(entity_rows, relation_table)
+        with _torch_threads(p.num_threads):
+            entities, relations = self._load(ent_np, rel_np)
+            optimizer = torch.optim.Adam([relations, entities], lr=p.lr, foreach=False)
+            cid, rnd = self.client.client_id, int(server_round)
+            generator = torch.Generator().manual_seed(derive_seed(self.seed, cid, rnd, _TAG_DP_NOISE))
+            rng = np.random.default_rng(derive_seed(self.seed, cid, rnd, _TAG_DP_SELECTION))
+            result = dp_train_round(
+                self.interaction, entities, relations, self._splits["train"], optimizer, step_config,
+                p.num_neg, p.adversarial_temperature, p.local_epochs, generator, rng, accountant,
+            )
+            new_ent = entities.detach().numpy().copy()
+            new_rel = relations.detach().numpy().copy()
+        metrics = {"loss": result.mean_loss, "num-examples": int(self._splits["train"].shape[0]),
+                   "steps": result.steps, "selections": result.selections}
+        return new_ent, new_rel, metrics, np.asarray(result.selected_rows, dtype=np.int64)
 
     def evaluate(self, entity_rows: np.ndarray, relation_table: np.ndarray, split: str) -> dict:
         """Filtered tail-prediction metrics on `split` ('valid', 'test' or 'train') of this client."""

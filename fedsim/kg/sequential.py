@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -15,6 +16,9 @@ from fedsim.kg.evaluation import weighted_average
 from fedsim.kg.models import init_table, make_interaction
 from fedsim.kg.partition import ClientKG, partition
 from fedsim.kg.training import KGEHyperParams
+
+if TYPE_CHECKING:
+    from fedsim.config import PrivacySettings
 
 __all__ = ["BASELINES", "collection_client", "run_sequential"]
 
@@ -59,6 +63,7 @@ def run_sequential(
     on_round: Callable[[dict], None] | None = None,
     keep_client_state: bool = False,
     aggregation: str = "mean",
+    privacy: PrivacySettings | None = None,
 ) -> dict:
     """Run `rounds` rounds of FedE (or a baseline) in-process; return round logs, test metrics and the final table.
 
@@ -104,6 +109,12 @@ def run_sequential(
             table[central.client.entity_ids] = ent
             record(_round_entry(rnd, metrics["loss"], rounds, eval_every, engines, views))
         rows, rels = views()
+    elif privacy is not None and privacy.mode != "fede":
+        if baseline != "fede":
+            raise ValueError(f"privacy mode {privacy.mode!r} runs with the fede baseline only")
+        table, rows, rels = _private_fede(
+            clients, engines, table, params, privacy, rounds, eval_every, aggregation, record, _round_entry
+        )
     else:
         rels = [e.init_relation_table() for e in engines]
         rows = [table[c.entity_ids] for c in clients]
@@ -138,6 +149,42 @@ def run_sequential(
         result["client_rows"] = rows
         result["relation_tables"] = rels
     return result
+
+
+def _private_fede(clients, engines, table, params, privacy, rounds, eval_every, aggregation, record, round_entry):
+    """FedE with a DP mode, exactly as the Flower strategy and ClientApp run it: each client uploads
+    only the rows its DP round changed, sigma per client follows the noise policy."""
+    from fedsim.dp.noise_policy import NoisePolicy
+    from fedsim.kg.private import new_accountant, private_round
+
+    accountants = [new_accountant(privacy, params.batch_size, len(c.train)) for c in clients]
+    policy = NoisePolicy(privacy, list(range(len(clients))))
+    rels = [e.init_relation_table() for e in engines]
+    rows = [table[c.entity_ids] for c in clients]
+    for rnd in range(1, rounds + 1):
+        updates, spent = [], {}
+        for i, (client, engine) in enumerate(zip(clients, engines)):
+            rows_i = table[client.entity_ids]
+            upload, new_rows, rels[i], metrics = private_round(
+                engine, rows_i, rels[i], rnd, privacy, params.batch_size, policy.sigma[i], accountants[i]
+            )
+            updates.append((client.entity_ids[upload], new_rows[upload]))
+            spent[str(i)] = {k: float(metrics[k]) for k in ("epsilon", "noise-multiplier", "uploaded-rows", "stopped")}
+
+        weights = [float(len(c.train)) for c in clients] if aggregation == "count-weighted" else None
+        table = fede_aggregate(table, updates, weights=weights)
+        rows = [table[c.entity_ids] for c in clients]
+        if privacy.adaptive_signal == "schedule":
+            policy.observe(rnd, {})
+        # no loss: the DP clients do not report it (raw-data information outside the accountant)
+        entry = round_entry(rnd, None, rounds, eval_every, engines, lambda: (rows, rels))
+        if policy.needs_validation(rnd):
+            per_client = [e.evaluate(r, t, "valid") for e, r, t in zip(engines, rows, rels)]
+            policy.observe(rnd, {i: m["mrr"] for i, m in enumerate(per_client) if m["count"]})
+        entry["privacy"] = spent
+        entry["max_epsilon"] = max(p["epsilon"] for p in spent.values())
+        record(entry)
+    return table, rows, rels
 
 
 def _round_entry(rnd: int, loss: float, rounds: int, eval_every: int, engines, views) -> dict:

@@ -240,3 +240,21 @@ def test_simulation_attaches_to_an_existing_ray_cluster(tmp_path: Path) -> None:
 
         shutil.rmtree(temp, ignore_errors=True)
     assert head.poll() is not None
+
+
+def test_dp_flames_in_simulation_matches_local_and_records_epsilon(tmp_path: Path) -> None:
+    """The DP path in Flower (accountant in the node's context state, sigma from the server) gives
+    the bit-identical table of the one-process run; every upload carries the client's epsilon."""
+    overrides = ["train.rounds=2", "train.eval_every=0", "privacy.mode=dp-flames", "train.batch_size=64"]
+    sim = run_experiment(load_config("fede-nations-smoke", [*overrides, "runtime.mode=sim"]), tmp_path / "sim")
+    local = run_experiment(load_config("fede-nations-smoke", [*overrides, "runtime.mode=local"]), tmp_path / "local")
+    np.testing.assert_array_equal(
+        np.load(tmp_path / "sim" / "artifacts" / "final_entity_table.npy"),
+        np.load(tmp_path / "local" / "artifacts" / "final_entity_table.npy"),
+    )
+    assert sim["epsilon_per_client"] == local["epsilon_per_client"]
+    ups = open_run(tmp_path / "sim").entries(kind="train", direction="up")
+    assert len(ups) == 4
+    for entry in ups:
+        metrics = entry.metrics["metrics"]
+        assert metrics["epsilon"] > 0 and metrics["uploaded-rows"] == entry.array_specs[0].shape[0]

@@ -77,6 +77,7 @@ class PrivacySettings:
     max_grad_norm: float = 1.0  # C, one joint norm over a triple's entity rows and relation row
     delta: float = 1e-5
     selection_epsilon: float = 0.5  # dp-flames: epsilon of each private row selection
+    selection: str = "per-round"  # dp-flames: one selection per round (default) or one per local step
     k_min: int = 1  # dp-flames: bounds on the number of rows selected per step
     k_max: int = 0  # 0: all rows the client holds
     eps_max: float = 0.0  # a client stops uploading once its epsilon reaches this (0: never)
@@ -251,6 +252,7 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
     _check_choice("privacy.mode", cfg.privacy.mode, PRIVACY_MODES)
     _check_choice("privacy.accountant", cfg.privacy.accountant, ACCOUNTANT_BACKENDS)
     _check_choice("privacy.adaptive_signal", cfg.privacy.adaptive_signal, ("mrr", "schedule"))
+    _check_choice("privacy.selection", cfg.privacy.selection, ("per-round", "per-step"))
     if cfg.privacy.mode != "fede" and cfg.strategy.name != "fede":
         raise ConfigError(f"privacy.mode: {cfg.privacy.mode!r} needs strategy.name = 'fede' (got {cfg.strategy.name!r})")
     if cfg.privacy.mode.startswith("dp-flames") and cfg.privacy.accountant == "pld":

@@ -107,6 +107,9 @@ class DPStepConfig:
         threshold: optional noisy-max threshold test (DP-FedE uses 0.75·C); a step whose noisy maximum gap is at or
             below it selects no entity row. Not covered by the accountant; default off.
         mask_unselected: dp-flames: restore the rows outside K to their pre-step values after each optimizer step.
+        selection: dp-flames: ``"per-step"`` (a selection on every step's clipped sum) or ``"per-round"`` (one
+            selection before the round, on the clipped gradient of every train triple at the received rows, each
+            triple counted once, so the gap sensitivity stays √2·C; the round's steps then update only those rows).
     """
 
     mode: str
@@ -118,6 +121,7 @@ class DPStepConfig:
     k_max: int | None = None
     threshold: float | None = None
     mask_unselected: bool = True
+    selection: str = "per-step"
 
     def __post_init__(self) -> None:
         if not isinstance(self.mode, str):
@@ -152,6 +156,8 @@ class DPStepConfig:
         threshold = self.threshold
         if threshold is not None:
             threshold = _real("threshold", threshold)
+        if self.selection not in ("per-step", "per-round"):
+            raise ValueError(f"DPStepConfig.selection: unknown {self.selection!r}; choices: per-step, per-round")
         if not isinstance(self.mask_unselected, (bool, np.bool_)):
             raise ValueError(f"DPStepConfig.mask_unselected must be a bool, got {self.mask_unselected!r}")
         for name, value in (
@@ -294,10 +300,17 @@ def dp_train_round(
         k_max = n_ent if cfg.k_max is None else min(cfg.k_max, n_ent)
         k_min = min(cfg.k_min, k_max)
         sensitivity = gap_sensitivity(cfg.max_grad_norm)
+    per_round = flames and cfg.selection == "per-round"
+    selections = (1 if per_round else steps) if flames and steps else 0
     if accountant is not None and steps:
         accountant.gaussian_steps(steps, noise_multiplier=cfg.noise_multiplier)
-        if flames:
-            accountant.selection(steps, epsilon=cfg.selection_epsilon)
+        if selections:
+            accountant.selection(selections, epsilon=cfg.selection_epsilon)
+    round_rows = (
+        _select_for_round(interaction, entities, relations, triples, cfg, num_neg, temperature, generator, rng,
+                          k_min, k_max, sensitivity)
+        if per_round and steps else None
+    )
 
     std = cfg.noise_std
     scale = 1.0 / (cfg.sample_rate * n_train)  # expected batch size q * N_c
@@ -322,9 +335,12 @@ def dp_train_round(
         grad_r.mul_(scale)
         if flames:
             g_e = sums.entity_sum
-            norms = g_e.norm(dim=1).detach().cpu().double().numpy()
-            chosen_np = select_rows(norms, cfg.selection_epsilon, sensitivity, k_min, k_max, rng, cfg.threshold)
-            chosen = torch.from_numpy(chosen_np).to(device)
+            if round_rows is not None:
+                chosen = round_rows
+            else:
+                norms = g_e.norm(dim=1).detach().cpu().double().numpy()
+                chosen_np = select_rows(norms, cfg.selection_epsilon, sensitivity, k_min, k_max, rng, cfg.threshold)
+                chosen = torch.from_numpy(chosen_np).to(device)
             grad_e = torch.zeros_like(g_e)
             if chosen.numel():
                 noise = torch.randn((chosen.numel(), d_e), generator=generator, dtype=e_dtype).to(device)
@@ -354,6 +370,25 @@ def dp_train_round(
             ever_selected |= (entities.detach() != start).any(dim=1)
         selected = np.flatnonzero(ever_selected.cpu().numpy()).astype(np.int64)
     mean_loss = float(np.mean(losses)) if losses else float("nan")
-    return DPRoundResult(
-        steps=steps, mean_loss=mean_loss, selected_rows=selected, selections=steps if flames else 0
-    )
+    return DPRoundResult(steps=steps, mean_loss=mean_loss, selected_rows=selected, selections=selections)
+
+
+def _select_for_round(
+    interaction: Interaction, entities: torch.Tensor, relations: torch.Tensor, triples: torch.Tensor,
+    cfg: DPStepConfig, num_neg: int, temperature: float, generator: torch.Generator, rng: np.random.Generator,
+    k_min: int, k_max: int, sensitivity: float, chunk: int = 1024,
+) -> torch.Tensor:
+    """The rows of a per-round selection: the exponential mechanism over the row-norm gaps of the sum
+    of every train triple's clipped gradient at the received rows (each triple once: one triple
+    moves the utility by at most √2·C)."""
+    n_ent = entities.shape[0]
+    total = torch.zeros_like(entities.detach())
+    for start in range(0, int(triples.shape[0]), chunk):
+        batch = triples[start : start + chunk].to(entities.device)
+        neg = sample_negatives(int(batch.shape[0]), num_neg, n_ent, generator).to(entities.device)
+        neg_valid = torch.ones(neg.shape, dtype=torch.bool, device=entities.device)
+        sums = clipped_grad_sum(interaction, entities, relations, batch, neg, neg_valid, cfg.max_grad_norm, temperature)
+        total += sums.entity_sum
+    norms = total.norm(dim=1).cpu().double().numpy()
+    chosen = select_rows(norms, cfg.selection_epsilon, sensitivity, k_min, k_max, rng, cfg.threshold)
+    return torch.from_numpy(chosen).to(entities.device)

@@ -389,3 +389,41 @@ def test_umls_learning_sanity(umls_client, mode):
         assert res.selections == res.steps == acc.total_selections
         assert 0 < len(res.selected_rows) <= n_ent
         assert after < before - 0.05, (before, after)
+
+
+# -- per-round selection --------------------------------------------------------------------------------------------
+
+
+def test_per_round_selection_selects_once_and_keeps_its_rows_all_round():
+    from fedsim.dp.accountant import ClientAccountant, PrivacyConfig
+
+    problem = _problem()
+    _, entities, _, _ = problem
+    e0 = entities.detach().clone()
+    acc = ClientAccountant(PrivacyConfig(noise_multiplier=1.0, max_grad_norm=1.0, sample_rate=0.2, delta=1e-5,
+                                         selection_epsilon=1.0))
+    res = _run(problem, _flames(k_max=3, selection="per-round"), epochs=2, accountant=acc)
+    assert res.steps == 10 and res.selections == 1
+    assert acc.total_gaussian_steps == 10 and acc.total_selections == 1
+    changed = _changed_rows(e0, entities)
+    assert 1 <= len(changed) <= 3  # one selection of at most k_max rows for the whole round
+    assert np.array_equal(changed, res.selected_rows)
+    per_step = _run(_problem(), _flames(k_max=3, selection="per-step"), epochs=2)
+    assert per_step.selections == 10
+
+
+def test_per_round_selection_costs_less_epsilon_than_per_step():
+    from fedsim.dp.accountant import ClientAccountant, PrivacyConfig
+
+    eps = {}
+    for selection in ("per-round", "per-step"):
+        acc = ClientAccountant(PrivacyConfig(noise_multiplier=1.0, max_grad_norm=1.0, sample_rate=0.2, delta=1e-5,
+                                             selection_epsilon=1.0))
+        _run(_problem(), _flames(selection=selection), epochs=2, accountant=acc)
+        eps[selection] = acc.epsilon()
+    assert eps["per-round"] < eps["per-step"]
+
+
+def test_unknown_selection_granularity_is_an_error():
+    with pytest.raises(ValueError, match="DPStepConfig.selection"):
+        _flames(selection="per-epoch")

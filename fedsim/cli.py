@@ -113,6 +113,22 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from fedsim.sweep import markdown_table, sweep_dp
+
+    sigmas = [float(x) for x in args.sigmas.split(",")] if args.sigmas else None
+
+    def show(row: dict[str, Any]) -> None:
+        sigma = "" if row["sigma"] is None else f" sigma {row['sigma']:g}"
+        print(f"{row['mode']}{sigma}: max epsilon {row['epsilon']:.3f}  test MRR {row['test_mrr']:.4f}", flush=True)
+
+    result = sweep_dp(args.preset, sigmas, list(args.set or []), args.out, args.mode, progress=show)
+    print()
+    print(markdown_table(result["rows"]), end="")
+    print(f"table, plot and runs in {result['out']} (sweep.md, sweep.png, sweep.json)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fedsim", description="Federated-learning simulations for privacy research")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -131,6 +147,15 @@ def build_parser() -> argparse.ArgumentParser:
     ver = sub.add_parser("verify", help="check a run's recording (checksums, manifest, payloads)")
     ver.add_argument("run_dir")
     ver.set_defaults(func=cmd_verify)
+
+    sweep = sub.add_parser("sweep", help="privacy-utility sweep: fede and the DP modes over sigma")
+    sweep.add_argument("name", choices=["dp"])
+    sweep.add_argument("--preset", default="dp-flames-umls", help="base preset or config file")
+    sweep.add_argument("--sigmas", help="comma-separated noise multipliers (default 0.5,1,2)")
+    sweep.add_argument("--mode", choices=MODES, default="local", help="runtime of every cell (default local)")
+    sweep.add_argument("--set", action="append", metavar="KEY=VALUE", help="override for every cell")
+    sweep.add_argument("--out", help="directory of the sweep (default runs/sweep-dp-<id>)")
+    sweep.set_defaults(func=cmd_sweep)
 
     bench = sub.add_parser("bench", help="run a benchmark and print/write its JSON")
     bench.add_argument("name")

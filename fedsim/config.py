@@ -74,6 +74,7 @@ class PrivacySettings:
 
     mode: str = "fede"
     noise_multiplier: float = 1.0  # sigma; noise N(0, sigma^2 C^2) on the clipped sum
+    target_epsilon: float = 0.0  # > 0: solve each client's sigma so that train.rounds rounds spend this epsilon
     max_grad_norm: float = 1.0  # C, one joint norm over a triple's entity rows and relation row
     delta: float = 1e-5
     selection_epsilon: float = 0.5  # dp-flames: epsilon of each private row selection
@@ -221,6 +222,7 @@ def _check_positive(cfg: ExperimentConfig) -> None:
         "privacy.k_min": cfg.privacy.k_min >= 1,
         "privacy.k_max": cfg.privacy.k_max == 0 or cfg.privacy.k_max >= cfg.privacy.k_min,
         "privacy.eps_max": 0 <= cfg.privacy.eps_max < math.inf,
+        "privacy.target_epsilon": 0 <= cfg.privacy.target_epsilon < math.inf,
         "privacy.check_per_round": cfg.privacy.check_per_round >= 1,
         "privacy.diff_mrr": math.isfinite(cfg.privacy.diff_mrr),
         "privacy.decline_mult": 0 < cfg.privacy.decline_mult <= 1,

@@ -132,7 +132,12 @@ class FedEStrategy(RoundStrategy):
         )
         self.initial_table = self.table.copy()
         if self.cfg.privacy.mode != "fede":
-            self.noise = NoisePolicy(self.cfg.privacy, sorted(self.clients))
+            from fedsim.kg.private import initial_sigma
+
+            t = self.cfg.train
+            sigmas = {pid: initial_sigma(self.cfg.privacy, t.batch_size, info.num_train, t.rounds, t.local_epochs)
+                      for pid, info in self.clients.items()}
+            self.noise = NoisePolicy(self.cfg.privacy, sorted(self.clients), sigmas)
 
     def min_replies(self, kind: str, num_sent: int) -> int:
         if kind == "query":

@@ -18,10 +18,12 @@ from fedsim.config import PrivacySettings
 class NoisePolicy:
     """Holds sigma per partition id and updates it at check rounds."""
 
-    def __init__(self, settings: PrivacySettings, partitions: list[int]) -> None:
+    def __init__(
+        self, settings: PrivacySettings, partitions: list[int], initial: Mapping[int, float] | None = None
+    ) -> None:
         self.settings = settings
         self.adaptive = settings.mode == "dp-flames-adaptive"
-        self.sigma = {pid: float(settings.noise_multiplier) for pid in partitions}
+        self.sigma = {pid: float((initial or {}).get(pid, settings.noise_multiplier)) for pid in partitions}
         self.last_mrr: dict[int, float] = {}
         self.history: list[dict[str, object]] = []
 

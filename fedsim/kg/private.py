@@ -17,6 +17,25 @@ def sample_rate(batch_size: int, num_train: int) -> float:
     return min(1.0, batch_size / max(num_train, 1))
 
 
+def initial_sigma(privacy: PrivacySettings, batch_size: int, num_train: int, rounds: int, local_epochs: int) -> float:
+    """privacy.noise_multiplier, or, with privacy.target_epsilon > 0, the smallest sigma whose
+    `rounds` rounds of this client's steps (and selections) spend at most the target (as Opacus'
+    make_private_with_epsilon); the adaptive policy may lower it later, spending more."""
+    if not privacy.target_epsilon:
+        return float(privacy.noise_multiplier)
+    from fedsim.dp.accountant import solve_noise_multiplier
+    from fedsim.dp.training import steps_per_round
+
+    q = sample_rate(batch_size, num_train)
+    steps = rounds * steps_per_round(q, local_epochs)
+    flames = privacy.mode.startswith("dp-flames")
+    selections = (rounds if privacy.selection == "per-round" else steps) if flames else 0
+    return solve_noise_multiplier(
+        privacy.target_epsilon, privacy.delta, q, steps, selections=selections,
+        selection_epsilon=privacy.selection_epsilon if flames else None, backend=privacy.accountant,
+    )
+
+
 def new_accountant(privacy: PrivacySettings, batch_size: int, num_train: int) -> ClientAccountant:
     config = PrivacyConfig(
         noise_multiplier=privacy.noise_multiplier,

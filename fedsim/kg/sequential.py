@@ -155,10 +155,12 @@ def _private_fede(clients, engines, table, params, privacy, rounds, eval_every, 
     """FedE with a DP mode, exactly as the Flower strategy and ClientApp run it: each client uploads
     only the rows its DP round changed, sigma per client follows the noise policy."""
     from fedsim.dp.noise_policy import NoisePolicy
-    from fedsim.kg.private import new_accountant, private_round
+    from fedsim.kg.private import initial_sigma, new_accountant, private_round
 
     accountants = [new_accountant(privacy, params.batch_size, len(c.train)) for c in clients]
-    policy = NoisePolicy(privacy, list(range(len(clients))))
+    sigmas = {i: initial_sigma(privacy, params.batch_size, len(c.train), rounds, params.local_epochs)
+              for i, c in enumerate(clients)}
+    policy = NoisePolicy(privacy, list(range(len(clients))), sigmas)
     rels = [e.init_relation_table() for e in engines]
     rows = [table[c.entity_ids] for c in clients]
     for rnd in range(1, rounds + 1):

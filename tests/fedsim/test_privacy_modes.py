@@ -71,3 +71,13 @@ def test_bad_privacy_settings_are_errors(override: str, pattern: str) -> None:
 def test_pld_cannot_account_dp_flames_selections() -> None:
     with pytest.raises(ConfigError, match="pld"):
         load_config("fede-umls", ["privacy.mode=dp-flames", "privacy.accountant=pld"])
+
+
+@pytest.mark.parametrize("mode", ["dp-naive", "dp-flames"])
+def test_target_epsilon_solves_sigma_per_client(tmp_path: Path, mode: str) -> None:
+    summary, rows = _run(tmp_path, f"privacy.mode={mode}", "privacy.target_epsilon=3.0")
+    final = rows[-1]["privacy"]
+    sigmas = {c: final[str(c)]["noise-multiplier"] for c in range(3)}
+    assert len(set(sigmas.values())) == 3  # clients hold different numbers of triples: different sigma
+    for c in range(3):
+        assert 2.85 <= final[str(c)]["epsilon"] <= 3.0  # spent the target, never more

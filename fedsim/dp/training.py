@@ -376,7 +376,7 @@ def dp_train_round(
 def _select_for_round(
     interaction: Interaction, entities: torch.Tensor, relations: torch.Tensor, triples: torch.Tensor,
     cfg: DPStepConfig, num_neg: int, temperature: float, generator: torch.Generator, rng: np.random.Generator,
-    k_min: int, k_max: int, sensitivity: float, chunk: int = 1024,
+    k_min: int, k_max: int, sensitivity: float, chunk: int = 256,
 ) -> torch.Tensor:
     """The rows of a per-round selection: the exponential mechanism over the row-norm gaps of the sum
     of every train triple's clipped gradient at the received rows (each triple once: one triple

@@ -81,6 +81,7 @@ class PrivacySettings:
     selection: str = "per-round"  # dp-flames: one selection per round (default) or one per local step
     k_min: int = 1  # dp-flames: bounds on the number of rows selected per step
     k_max: int = 0  # 0: all rows the client holds
+    threshold: float = 0.0  # > 0: select nothing when the noisy max gap is <= this (DP-FedE: 0.75 C); NOT accounted
     eps_max: float = 0.0  # a client stops uploading once its epsilon reaches this (0: never)
     accountant: str = "rdp"
     # dp-flames-adaptive (the paper's policy): every check_per_round rounds, a client whose
@@ -223,6 +224,7 @@ def _check_positive(cfg: ExperimentConfig) -> None:
         "privacy.k_max": cfg.privacy.k_max == 0 or cfg.privacy.k_max >= cfg.privacy.k_min,
         "privacy.eps_max": 0 <= cfg.privacy.eps_max < math.inf,
         "privacy.target_epsilon": 0 <= cfg.privacy.target_epsilon < math.inf,
+        "privacy.threshold": 0 <= cfg.privacy.threshold < math.inf,
         "privacy.check_per_round": cfg.privacy.check_per_round >= 1,
         "privacy.diff_mrr": math.isfinite(cfg.privacy.diff_mrr),
         "privacy.decline_mult": 0 < cfg.privacy.decline_mult <= 1,
@@ -346,6 +348,16 @@ def parse_override(item: str) -> tuple[str, Any]:
     return key, value
 
 
+def _numeric_text(value: Any, tp: Any) -> Any:
+    """`1e9` on the command line is a float where the key is a float (YAML 1.1 reads it as text)."""
+    if isinstance(value, str) and tp in (float, float | None):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
 def apply_overrides(data: dict[str, Any], overrides: typing.Iterable[str]) -> dict[str, Any]:
     """Return a copy of `data` with each `key=value` applied at its dotted path."""
     data = copy.deepcopy(data)
@@ -366,7 +378,7 @@ def apply_overrides(data: dict[str, Any], overrides: typing.Iterable[str]) -> di
             if depth == len(parts) - 1:
                 if dataclasses.is_dataclass(cls):
                     raise ConfigError(f"--set {key}: is a section; set one of its keys")
-                node[part] = value
+                node[part] = _numeric_text(value, cls)
             else:
                 node = node.setdefault(part, {})
                 if not isinstance(node, dict):

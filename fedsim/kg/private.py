@@ -61,6 +61,7 @@ def step_config(privacy: PrivacySettings, batch_size: int, num_train: int, num_r
         k_min=min(privacy.k_min, num_rows),
         k_max=min(privacy.k_max or num_rows, num_rows),
         selection=privacy.selection,
+        threshold=privacy.threshold or None,
     )
 
 

@@ -129,3 +129,11 @@ def test_loader_never_fails_other_than_config_error(data: object) -> None:
         assert str(err)
     else:
         assert isinstance(cfg, ExperimentConfig)
+
+
+def test_exponent_notation_on_the_command_line_is_a_number() -> None:
+    """YAML 1.1 reads `1e-3` as text; a float key takes it as the number."""
+    cfg = load_config("fede-umls", ["train.lr=1e-3", "privacy.threshold=1e9"])
+    assert cfg.train.lr == 0.001 and cfg.privacy.threshold == 1e9
+    with pytest.raises(ConfigError, match=r"train\.rounds: expected int, got str '1e3'"):
+        load_config("fede-umls", ["train.rounds=1e3"])

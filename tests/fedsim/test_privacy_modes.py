@@ -81,3 +81,9 @@ def test_target_epsilon_solves_sigma_per_client(tmp_path: Path, mode: str) -> No
     assert len(set(sigmas.values())) == 3  # clients hold different numbers of triples: different sigma
     for c in range(3):
         assert 2.85 <= final[str(c)]["epsilon"] <= 3.0  # spent the target, never more
+
+
+def test_threshold_reaches_the_selection(tmp_path: Path) -> None:
+    """A huge threshold rejects every selection: no entity row changes, nothing is uploaded."""
+    _, rows = _run(tmp_path, "privacy.mode=dp-flames", "privacy.threshold=1e9", "train.rounds=1")
+    assert all(p["uploaded-rows"] == 0 for p in rows[0]["privacy"].values())

@@ -242,19 +242,26 @@ def test_simulation_attaches_to_an_existing_ray_cluster(tmp_path: Path) -> None:
     assert head.poll() is not None
 
 
-def test_dp_flames_in_simulation_matches_local_and_records_epsilon(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("privacy", "mode"), [("dp-flames", "sim"), ("dp-flames-adaptive", "deploy-local")])
+def test_dp_modes_in_flower_match_local_and_record_epsilon(tmp_path: Path, privacy: str, mode: str) -> None:
     """The DP path in Flower (accountant in the node's context state, sigma from the server) gives
     the bit-identical table of the one-process run; every upload carries the client's epsilon."""
-    overrides = ["train.rounds=2", "train.eval_every=0", "privacy.mode=dp-flames", "train.batch_size=64"]
-    sim = run_experiment(load_config("fede-nations-smoke", [*overrides, "runtime.mode=sim"]), tmp_path / "sim")
+    overrides = ["train.rounds=2", "train.eval_every=0", f"privacy.mode={privacy}", "train.batch_size=64",
+                 "privacy.check_per_round=1", "privacy.adaptive_signal=schedule"]
+    flwr = run_experiment(load_config("fede-nations-smoke", [*overrides, f"runtime.mode={mode}"]), tmp_path / mode)
     local = run_experiment(load_config("fede-nations-smoke", [*overrides, "runtime.mode=local"]), tmp_path / "local")
     np.testing.assert_array_equal(
-        np.load(tmp_path / "sim" / "artifacts" / "final_entity_table.npy"),
+        np.load(tmp_path / mode / "artifacts" / "final_entity_table.npy"),
         np.load(tmp_path / "local" / "artifacts" / "final_entity_table.npy"),
     )
-    assert sim["epsilon_per_client"] == local["epsilon_per_client"]
-    ups = open_run(tmp_path / "sim").entries(kind="train", direction="up")
+    assert flwr["epsilon_per_client"] == local["epsilon_per_client"]
+    run = open_run(tmp_path / mode)
+    assert verify_run(tmp_path / mode).ok
+    ups = run.entries(kind="train", direction="up")
     assert len(ups) == 4
+    if privacy == "dp-flames-adaptive":  # the schedule lowered sigma after round 1: the server sent it
+        sigmas = sorted({e.configs["config"]["noise-multiplier"] for e in run.entries(kind="train", direction="down")})
+        assert sigmas == [pytest.approx(0.95), 1.0]
     for entry in ups:
         metrics = entry.metrics["metrics"]
         assert metrics["epsilon"] > 0 and metrics["uploaded-rows"] == entry.array_specs[0].shape[0]

@@ -17,7 +17,7 @@ def test_list_names_presets_and_choices(capsys: pytest.CaptureFixture[str]) -> N
     assert "datasets: nations, kinships, umls, fb15k-237, wn18rr" in out
     assert "models: transe, distmult, complex, rotate" in out
     assert "partitions: relation, entity_overlap, random_triple" in out
-    assert "benchmarks: fkge" in out
+    assert "benchmarks: dpflames, fkge" in out
 
 
 def test_run_local_prints_progress_and_table_then_verify(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -242,7 +242,8 @@ def test_simulation_attaches_to_an_existing_ray_cluster(tmp_path: Path) -> None:
     assert head.poll() is not None
 
 
-@pytest.mark.parametrize(("privacy", "mode"), [("dp-flames", "sim"), ("dp-flames-adaptive", "deploy-local")])
+@pytest.mark.parametrize("mode", ["sim", "deploy-local"])
+@pytest.mark.parametrize("privacy", ["dp-naive", "dp-flames", "dp-flames-adaptive"])
 def test_dp_modes_in_flower_match_local_and_record_epsilon(tmp_path: Path, privacy: str, mode: str) -> None:
     """The DP path in Flower (accountant in the node's context state, sigma from the server) gives
     the bit-identical table of the one-process run; every upload carries the client's epsilon."""

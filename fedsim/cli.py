@@ -60,7 +60,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.mode:
         overrides.append(f"runtime.mode={args.mode}")
     cfg = load_config(args.config, overrides)
-    privacy = "" if cfg.privacy.mode == "fede" else f", {cfg.privacy.mode} (sigma {cfg.privacy.noise_multiplier:g})"
+    p = cfg.privacy
+    noise = f"sigma solved for epsilon {p.target_epsilon:g}" if p.target_epsilon else f"sigma {p.noise_multiplier:g}"
+    privacy = "" if p.mode == "fede" else f", {p.mode} ({noise})"
     print(f"fedsim run {cfg.name}: {cfg.model.name} on {cfg.data.dataset}, {cfg.data.num_clients} clients "
           f"({cfg.data.partition}), {cfg.train.rounds} rounds, mode {cfg.runtime.mode}{privacy}", flush=True)
     from fedsim.jobs import run_experiment

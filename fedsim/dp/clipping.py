@@ -39,12 +39,14 @@ class PerTripleGrads:
 
     entity_index [B, 2 + K]: entity row of each occurrence (column 0 = h, 1 = t, 2.. = negatives);
     entity_grads [B, 2 + K, d_e]: gradient w.r.t. each occurrence (sum the duplicates of a row to get the table row);
-    relation_grads [B, d_r]: gradient w.r.t. row r_b of the relation table.
+    relation_grads [B, d_r]: gradient w.r.t. row r_b of the relation table;
+    loss: the batch-mean loss mean_b l_b at these parameters (NaN for an empty batch), from the same forward pass.
     """
 
     entity_index: torch.Tensor
     entity_grads: torch.Tensor
     relation_grads: torch.Tensor
+    loss: float = math.nan
 
 
 @dataclass(frozen=True)
@@ -53,13 +55,15 @@ class ClippedGrads:
 
     entity_sum [N_ent, d_e] and relation_sum [N_rel, d_r]: table-shaped sums of the clipped contributions;
     per_triple_norms [B]: each triple's joint gradient norm before clipping (duplicate rows merged);
-    touched_rows: sorted unique entity rows that received a nonzero per-triple contribution.
+    touched_rows: sorted unique entity rows that received a nonzero per-triple contribution;
+    loss: the unclipped batch-mean loss at these parameters (NaN for an empty batch).
     """
 
     entity_sum: torch.Tensor
     relation_sum: torch.Tensor
     per_triple_norms: torch.Tensor
     touched_rows: torch.Tensor
+    loss: float = math.nan
 
 
 def _check_batch(
@@ -115,9 +119,9 @@ def per_triple_grads(
         neg_score = interaction.score(head.unsqueeze(1), rel.unsqueeze(1), rows[:, 2:])
         # self_adversarial_loss is the batch mean of l_b; times B it is sum_b l_b, whose gradient w.r.t. triple b's
         # copies is grad l_b (the copies of b enter no other term)
-        total = self_adversarial_loss(pos_score, neg_score, neg_valid, temperature) * b
-        entity_grads, relation_grads = torch.autograd.grad(total, (rows, rel))
-    return PerTripleGrads(entity_index, entity_grads, relation_grads)
+        mean_loss = self_adversarial_loss(pos_score, neg_score, neg_valid, temperature)
+        entity_grads, relation_grads = torch.autograd.grad(mean_loss * b, (rows, rel))
+    return PerTripleGrads(entity_index, entity_grads, relation_grads, float(mean_loss.detach()))
 
 
 def _merge_duplicates(grads: PerTripleGrads) -> tuple[torch.Tensor, torch.Tensor]:
@@ -185,4 +189,4 @@ def clipped_grad_sum(
     )
     relation_sum.index_add_(0, batch[:, 1], grads.relation_grads * scale.unsqueeze(1))
     touched = torch.unique(row_of_slot[slot_sq > 0])  # distinct rows with a nonzero merged per-triple gradient
-    return ClippedGrads(entity_sum, relation_sum, norms, touched)
+    return ClippedGrads(entity_sum, relation_sum, norms, touched, grads.loss)

@@ -49,8 +49,8 @@ reads the noisy maximum, which the selection's ε does **not** cover; the accoun
 Reported loss
 -------------
 ``DPRoundResult.mean_loss`` is the mean, over steps with a non-empty sample, of the plain (unclipped, noise-free)
-batch loss ``self_adversarial_loss`` of the sampled triples with their (unfiltered) negatives, evaluated under
-``no_grad`` at the parameters *before* the step (the same convention as ``train_epochs``, which reports the loss of
+batch loss ``self_adversarial_loss`` of the sampled triples with their (unfiltered) negatives, taken from the
+clipping pass's forward at the parameters *before* the step (the same convention as ``train_epochs``, which reports the loss of
 the forward pass that precedes each update). It is a non-private diagnostic computed from the raw training data:
 do not release it outside the client without privatising it. NaN when every step's sample was empty.
 """
@@ -67,7 +67,7 @@ from fedsim.dp.accountant import ClientAccountant
 from fedsim.dp.clipping import clipped_grad_sum
 from fedsim.dp.selection import gap_sensitivity, select_rows
 from fedsim.kg.models import Interaction
-from fedsim.kg.training import sample_negatives, self_adversarial_loss
+from fedsim.kg.training import sample_negatives
 
 __all__ = ["DP_MODES", "DPRoundResult", "DPStepConfig", "dp_train_round", "steps_per_round"]
 
@@ -203,24 +203,6 @@ def steps_per_round(sample_rate: float, epochs: int) -> int:
     return int(epochs) * max(1, int(round(1.0 / float(sample_rate))))
 
 
-def _batch_loss(
-    interaction: Interaction,
-    entities: torch.Tensor,
-    relations: torch.Tensor,
-    batch: torch.Tensor,
-    neg: torch.Tensor,
-    neg_valid: torch.Tensor,
-    temperature: float,
-) -> float:
-    """Plain self-adversarial batch loss at the current parameters (no grad)."""
-    with torch.no_grad():
-        ent, rel = entities.detach(), relations.detach()
-        eh, er = ent[batch[:, 0]], rel[batch[:, 1]]
-        pos = interaction.score(eh, er, ent[batch[:, 2]])
-        negs = interaction.score(eh.unsqueeze(1), er.unsqueeze(1), ent[neg])
-        return float(self_adversarial_loss(pos, negs, neg_valid, temperature))
-
-
 def _check_inputs(
     entities: torch.Tensor,
     relations: torch.Tensor,
@@ -325,11 +307,11 @@ def dp_train_round(
         b = int(batch.shape[0])
         neg = sample_negatives(b, num_neg, n_ent, generator).to(device)
         neg_valid = torch.ones(neg.shape, dtype=torch.bool, device=device)  # unfiltered (module docstring)
-        if b:
-            losses.append(_batch_loss(interaction, entities, relations, batch, neg, neg_valid, temperature))
         sums = clipped_grad_sum(
             interaction, entities, relations, batch, neg, neg_valid, cfg.max_grad_norm, temperature
         )
+        if b:  # the batch loss comes from the clipping pass's forward (same parameters, batch, negatives)
+            losses.append(sums.loss)
         grad_r = sums.relation_sum
         grad_r.add_(torch.randn((n_rel, d_r), generator=generator, dtype=r_dtype).to(device), alpha=std)
         grad_r.mul_(scale)

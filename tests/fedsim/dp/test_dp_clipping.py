@@ -228,3 +228,24 @@ def test_large_table_is_never_materialised_per_sample(model, hidden_dim):
     assert float(out.per_triple_norms.max()) > 0 and out.touched_rows.numel() > b
     print(f"{model}: {elapsed:.3f} s, largest allocation {largest / 2**20:.1f} MiB, peak RSS growth "
           f"{peak_growth / 2**20:.1f} MiB (dense per-sample would be {dense_bytes / 2**20:.0f} MiB)")
+
+
+def test_reported_loss_is_the_plain_batch_loss():
+    """The loss that rides along with the clipped sums equals the batch-mean training loss."""
+    import torch
+
+    from fedsim.dp.clipping import clipped_grad_sum
+    from fedsim.kg.models import make_interaction
+    from fedsim.kg.training import self_adversarial_loss
+
+    gen = torch.Generator().manual_seed(3)
+    inter = make_interaction("transe", 4)
+    ent, rel = torch.randn(10, 4, generator=gen), torch.randn(3, 4, generator=gen)
+    batch = torch.tensor([[0, 1, 2], [3, 0, 4], [5, 2, 5]])
+    neg = torch.randint(0, 10, (3, 4), generator=gen)
+    valid = torch.ones(3, 4, dtype=torch.bool)
+    sums = clipped_grad_sum(inter, ent, rel, batch, neg, valid, 1.0, 1.0)
+    eh, er = ent[batch[:, 0]], rel[batch[:, 1]]
+    want = self_adversarial_loss(inter.score(eh, er, ent[batch[:, 2]]),
+                                 inter.score(eh.unsqueeze(1), er.unsqueeze(1), ent[neg]), valid, 1.0)
+    assert sums.loss == pytest.approx(float(want), rel=1e-6)

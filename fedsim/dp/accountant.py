@@ -226,10 +226,6 @@ class RdpBackend:
     def epsilon(self, event: dpe.DpEvent, delta: float) -> float:
         return float(self._accountant(event).get_epsilon(delta))
 
-    def epsilon_and_order(self, event: dpe.DpEvent, delta: float) -> tuple[float, float]:
-        eps, order = self._accountant(event).get_epsilon_and_optimal_order(delta)
-        return float(eps), float(order)
-
     def rdp(self, event: dpe.DpEvent) -> tuple[np.ndarray, np.ndarray]:
         """``(orders, rdp)`` of ``event``."""
         acc = self._accountant(event)

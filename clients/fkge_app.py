@@ -11,6 +11,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from clients.attacker import attacker_mod
 from fedsim.config import ExperimentConfig, from_dict
 from servers.fede import IDS, ROWS, read_rows, rows_record
 
@@ -40,11 +41,11 @@ def _engine(config_json: str, partition_id: int, data_dir: str | None) -> FedECl
     """Derived, read-only data of this client (its partition); cached per process for speed only."""
     from fedsim.kg.datasets import load_dataset
     from fedsim.kg.engine import FedEClientEngine
-    from fedsim.kg.partition import partition
+    from fedsim.kg.canaries import experiment_clients
 
     cfg = from_dict(json.loads(config_json))
     dataset = load_dataset(cfg.data.dataset, data_dir or cfg.data.data_dir)
-    clients = partition(dataset, cfg.data.partition, cfg.data.num_clients, cfg.seed)
+    clients = experiment_clients(cfg, dataset)
     return FedEClientEngine(clients[partition_id], hyper_params(cfg), cfg.seed)
 
 
@@ -79,7 +80,7 @@ def _inputs(msg: Message, context: Context) -> tuple[FedEClientEngine, np.ndarra
     return engine, rows.astype(np.float32, copy=False), relations, msg.content.config_records["config"]
 
 
-app = ClientApp()
+app = ClientApp(mods=[attacker_mod])  # a pass-through except on the node named by attack.attacker
 
 
 @app.query()

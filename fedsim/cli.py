@@ -1,4 +1,4 @@
-"""The `fedsim` command line: run, list, verify, bench."""
+"""The `fedsim` command line: run, list, verify, attack, campaign, sweep, bench."""
 
 from __future__ import annotations
 
@@ -6,9 +6,11 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from fedsim.config import MODES, STRATEGIES, ConfigError, load_config, preset_names
+from fedsim.rundir import write_json_atomic
 
 
 def _fmt(value: Any, digits: int = 4) -> str:
@@ -131,6 +133,64 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def _parse_sets(items: list[str] | None) -> dict[str, str]:
+    out = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--set {item!r}: expected KEY=VALUE")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def cmd_attack(args: argparse.Namespace) -> int:
+    from attacks import ATTACKS, load_plugins
+    from attacks.observe import RunView
+    from attacks.run import attack_run, schedule_rounds
+
+    load_plugins()
+    if args.list or not args.attack:
+        for name in ATTACKS.choices():
+            info = ATTACKS.lookup(name).describe()
+            print(f"{name:6s} {info['threat_model']:16s} needs {', '.join(info['requires'])}; params {info['parameters']}")
+        return 0 if args.list else 2
+    view = RunView(args.run_dir)
+    victim = view.cfg.attack.victim if args.victim is None else args.victim
+    if args.rounds in (None, "last"):
+        rounds = None
+    elif args.rounds == "schedule":
+        rounds = schedule_rounds(view, victim)
+    elif args.rounds == "all":
+        rounds = view.train_rounds()
+    else:
+        rounds = [int(r) for r in args.rounds.split(",")]
+    result = attack_run(view, args.attack, rounds=rounds, victim=victim, attacker=args.attacker, game=args.game,
+                        size=args.size, params=_parse_sets(args.set))
+    out = Path(args.out) if args.out else view.path / "attacks" / f"{args.attack}-{args.game}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out, result)
+    for row in result["results"]:
+        eps = "" if row["epsilon"] is None else f"  accountant eps {row['epsilon']:.3f}"
+        f1 = f"  F1 max {row['f1_max']:.3f} mean {row['f1_mean']:.3f}" if "f1_max" in row else ""
+        print(f"{args.attack} ({args.game}, {row['source']}) round {row['round']}: AUC {row['auc']:.3f}{f1}  "
+              f"TPR@1%FPR {row['tpr_at_1pct_fpr']:.3f}  empirical eps >= {row['epsilon_lb']:.3f}{eps}")
+    print(f"written to {out}")
+    return 0
+
+
+def cmd_campaign(args: argparse.Namespace) -> int:
+    from fedsim.campaign import campaign_path, load_campaign, run_campaign
+
+    path = campaign_path(args.campaign)
+    spec = load_campaign(path)
+    out = Path(args.out) if args.out else Path("runs") / f"campaign-{spec.name}"
+    print(f"campaign {spec.name} ({path}) in {out}", flush=True)
+    summary = run_campaign(spec, out, progress=lambda line: print(line, flush=True))
+    print(f"{summary['completed']} cells run, {summary['skipped']} reused, {summary['failed']} failed")
+    print(f"results {summary['results']}\nreport  {summary['report']}")
+    return 0 if summary["failed"] == 0 else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fedsim", description="Federated-learning simulations for privacy research")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -159,6 +219,24 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--out", help="directory of the sweep (default runs/sweep-dp-<id>)")
     sweep.set_defaults(func=cmd_sweep)
 
+    atk = sub.add_parser("attack", help="run a privacy attack on a recorded run and write its JSON")
+    atk.add_argument("run_dir", nargs="?", default=None)
+    atk.add_argument("--attack", help="attack name (see --list)")
+    atk.add_argument("--list", action="store_true", help="list the registered attacks")
+    atk.add_argument("--victim", type=int, help="victim partition id (default: the run's attack.victim)")
+    atk.add_argument("--attacker", type=int, help="attacking client's partition id (default: the run's attack.attacker)")
+    atk.add_argument("--game", choices=["paper", "calibrated"], default="paper", help="membership game")
+    atk.add_argument("--rounds", help="last (default), all, schedule, or comma-separated rounds")
+    atk.add_argument("--size", type=int, default=2000, help="candidates, members + non-members (default 2000)")
+    atk.add_argument("--set", action="append", metavar="KEY=VALUE", help="attack parameter")
+    atk.add_argument("--out", help="JSON file (default RUN_DIR/attacks/<attack>-<game>.json)")
+    atk.set_defaults(func=cmd_attack)
+
+    camp = sub.add_parser("campaign", help="run (or resume) an attack campaign: runs x attacks x games -> report")
+    camp.add_argument("campaign", help="campaign TOML file or shipped campaign name (umls-small, fb15k237-paper)")
+    camp.add_argument("--out", help="campaign directory (default runs/campaign-<name>)")
+    camp.set_defaults(func=cmd_campaign)
+
     bench = sub.add_parser("bench", help="run a benchmark and print/write its JSON")
     bench.add_argument("name")
     bench.add_argument("--out", help="write the JSON here too")
@@ -181,7 +259,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from fedsim.kg.datasets import DatasetError
         from fedsim.runtime.process import RuntimeFailure
 
-        if isinstance(err, (DatasetError, RuntimeFailure, FileExistsError, FileNotFoundError, ValueError)):
+        if isinstance(err, (DatasetError, RuntimeFailure, FileExistsError, FileNotFoundError, ValueError, LookupError)):
             print(f"error: {err}", file=sys.stderr)
             return 1
         raise

@@ -106,6 +106,24 @@ class RuntimeConfig:
     poll_interval: float = 0.1  # seconds between pulls of replies
 
 
+ATTACK_ACTIVE = ("none", "cia")
+ATTACK_GAMES = ("paper", "calibrated")
+
+
+@dataclass
+class AttackSettings:
+    """What an adversary does or keeps during the run (the attacks in `attacks/` read it afterwards)."""
+
+    victim: int = 0  # partition id whose triples the attacks target
+    attacker: int = -1  # partition id of a malicious client that keeps its own view (relation tables); -1: none
+    canaries: int = 0  # > 0: inject this many random aligned triples into the victim's train (calibrated game)
+    active: str = "none"  # "cia": the attacker poisons its upload at active_round (client-initiated active attack)
+    active_round: int = 1
+    active_game: str = "paper"  # membership game whose candidate tails the CIA attacker flips
+    active_candidates: int = 2000  # candidates (members + non-members) of the CIA attacker
+    view_dir: str = ""  # where the attacker's node keeps its view; "" = <run dir>/attacker (one-machine runtimes)
+
+
 @dataclass
 class ExperimentConfig:
     name: str = "fede-umls"
@@ -117,6 +135,7 @@ class ExperimentConfig:
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
     privacy: PrivacySettings = field(default_factory=PrivacySettings)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    attack: AttackSettings = field(default_factory=AttackSettings)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -231,6 +250,11 @@ def _check_positive(cfg: ExperimentConfig) -> None:
         "privacy.sigma_min": 0 < cfg.privacy.sigma_min < math.inf,
         "model.epsilon": math.isfinite(cfg.model.epsilon),
         "train.adversarial_temperature": math.isfinite(cfg.train.adversarial_temperature),
+        "attack.victim": 0 <= cfg.attack.victim < cfg.data.num_clients,
+        "attack.attacker": -1 <= cfg.attack.attacker < cfg.data.num_clients,
+        "attack.canaries": cfg.attack.canaries >= 0,
+        "attack.active_round": 1 <= cfg.attack.active_round <= cfg.train.rounds,
+        "attack.active_candidates": cfg.attack.active_candidates >= 2,
     }
     for key, ok in checks.items():
         if not ok:
@@ -238,6 +262,20 @@ def _check_positive(cfg: ExperimentConfig) -> None:
             for part in key.split("."):
                 value = value[part]
             raise ConfigError(f"{key}: value {value!r} is out of range")
+
+
+def _check_attack(cfg: ExperimentConfig) -> None:
+    a = cfg.attack
+    if a.attacker == a.victim:
+        raise ConfigError(f"attack.attacker: the attacker and the victim are both partition {a.victim}")
+    needs_attacker = {"attack.active": a.active != "none", "attack.canaries": a.canaries > 0}
+    for key, needed in needs_attacker.items():
+        if needed and a.attacker < 0:
+            raise ConfigError(f"{key}: needs attack.attacker (the malicious client's partition id)")
+    if (a.active != "none" or a.canaries > 0 or a.attacker >= 0) and cfg.data.num_clients < 2:
+        raise ConfigError("attack: attacks need data.num_clients >= 2")
+    if (a.active != "none" or a.attacker >= 0) and cfg.runtime.mode == "local":
+        raise ConfigError("attack.attacker: a malicious client needs the ClientApp; use runtime.mode 'sim' or 'deploy-local'")
 
 
 def validate(cfg: ExperimentConfig) -> ExperimentConfig:
@@ -257,11 +295,14 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
     _check_choice("privacy.accountant", cfg.privacy.accountant, ACCOUNTANT_BACKENDS)
     _check_choice("privacy.adaptive_signal", cfg.privacy.adaptive_signal, ("mrr", "schedule"))
     _check_choice("privacy.selection", cfg.privacy.selection, ("per-round", "per-step"))
+    _check_choice("attack.active", cfg.attack.active, ATTACK_ACTIVE)
+    _check_choice("attack.active_game", cfg.attack.active_game, ATTACK_GAMES)
     if cfg.privacy.mode != "fede" and cfg.strategy.name != "fede":
         raise ConfigError(f"privacy.mode: {cfg.privacy.mode!r} needs strategy.name = 'fede' (got {cfg.strategy.name!r})")
     if cfg.privacy.mode.startswith("dp-flames") and cfg.privacy.accountant == "pld":
         raise ConfigError("privacy.accountant: 'pld' cannot compose the private selections of dp-flames; use 'rdp'")
     _check_positive(cfg)
+    _check_attack(cfg)
     if cfg.strategy.name != "fede" and cfg.runtime.mode != "local":
         raise ConfigError(
             f"strategy.name: {cfg.strategy.name!r} is a centralised baseline and runs only with "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from pathlib import Path
@@ -109,6 +110,9 @@ def run_experiment(
 
     dataset_files(cfg.data.dataset, cfg.data.data_dir)  # a missing dataset fails here, before any process starts
     run_dir = prepare_run_dir(cfg, out)
+    if cfg.attack.attacker >= 0 and not cfg.attack.view_dir:  # the malicious client keeps its view in the run dir
+        cfg = dataclasses.replace(cfg, attack=dataclasses.replace(cfg.attack, view_dir=str(run_dir.path.resolve() / "attacker")))
+        run_dir.write_json("config.json", cfg.to_dict())
     t0 = time.monotonic()
     try:
         if cfg.runtime.mode == "sim":

@@ -1,0 +1,99 @@
+"""The malicious client, as a ClientApp mod: a pass-through on every node except the one named by
+`attack.attacker`. There it keeps its own view (its relation table after each training round) and, with
+`attack.active = "cia"`, performs the client-initiated active attack (fkge.md section 3.3): in round
+`attack.active_round` it negates the rows of its candidate tails in its upload."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from flwr.app import Context, Message, MetricRecord, RecordDict
+from flwr.app.message_type import MessageType
+from flwr.clientapp.typing import ClientAppCallable
+
+from fedsim.config import ExperimentConfig, from_dict
+from servers.fede import ROWS, read_rows, rows_record
+
+
+def _save_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """Write an .npz so that readers see the old file or the whole new one, never a torn one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.tmp-")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            np.savez(fh, **arrays)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+@functools.lru_cache(maxsize=2)
+def cia_tails(config_json: str) -> np.ndarray:
+    """The entity ids whose rows the CIA attacker negates: the tails of its candidate triples."""
+    from attacks.games import make_candidates
+    from fedsim.kg.canaries import experiment_clients
+    from fedsim.kg.datasets import load_dataset
+
+    cfg = from_dict(json.loads(config_json))
+    dataset = load_dataset(cfg.data.dataset, cfg.data.data_dir)
+    a = cfg.attack
+    candidates = make_candidates(
+        dataset, experiment_clients(cfg, dataset), victim=a.victim, attacker=a.attacker, level="triple",
+        game=a.active_game, size=a.active_candidates, seed=cfg.seed, canaries=a.canaries,
+    )
+    return np.unique(candidates.tails)
+
+
+def poison(
+    received_ids: np.ndarray, received_rows: np.ndarray, ids: np.ndarray, rows: np.ndarray, tails: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """The CIA upload: the attacker's local table (received rows updated by its own training) over its honest upload
+    ids plus the candidate tails it holds, with the tails' rows negated."""
+    local = np.array(received_rows, copy=True)
+    local[np.searchsorted(received_ids, ids)] = rows
+    held_tails = np.intersect1d(tails, received_ids)
+    out_ids = np.union1d(ids, held_tails)
+    out_rows = local[np.searchsorted(received_ids, out_ids)]
+    out_rows[np.isin(out_ids, held_tails)] *= -1
+    return out_ids.astype(np.int64), out_rows
+
+
+def attacker_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
+    """Pass-through except on the attacker's node (see the module docstring)."""
+    from clients.fkge_app import STATE_CONFIG, STATE_RELATIONS  # here: fkge_app imports this module
+
+    reply = call_next(msg, context)
+    if msg.metadata.message_type != MessageType.TRAIN or reply.has_error():
+        return reply
+    if STATE_CONFIG not in context.state.config_records:
+        return reply
+    config_json = str(context.state.config_records[STATE_CONFIG]["config"])
+    cfg: ExperimentConfig = from_dict(json.loads(config_json))
+    pid = int(context.node_config.get("partition-id", -1))
+    if cfg.attack.attacker < 0 or pid != cfg.attack.attacker:
+        return reply
+    server_round = int(msg.content.config_records["config"]["server-round"])
+    view: dict[str, np.ndarray] = {"relations": context.state.array_records[STATE_RELATIONS]["table"].numpy()}
+    if cfg.attack.active == "cia" and server_round == cfg.attack.active_round:
+        ids, rows = read_rows(reply)
+        view["honest-ids"], view["honest-rows"] = ids, rows
+        received_ids, received_rows = read_rows(msg)
+        new_ids, new_rows = poison(received_ids, received_rows, ids, rows, cia_tails(config_json))
+        metrics = dict(reply.content.metric_records.get("metrics", MetricRecord()))
+        if "uploaded-rows" in metrics:
+            metrics["uploaded-rows"] = int(len(new_ids))
+        reply = Message(RecordDict({ROWS: rows_record(new_ids, new_rows), "metrics": MetricRecord(metrics)}),
+                        reply_to=msg)
+    view_dir = Path(cfg.attack.view_dir) if cfg.attack.view_dir else None
+    if view_dir is None:
+        raise RuntimeError("attack.view_dir is unset on the attacker's node; start runs with `fedsim run`")
+    _save_atomic(view_dir / f"round-{server_round:05d}.npz", view)
+    return reply

@@ -55,6 +55,13 @@ def test_toml_and_yaml_files_with_overrides(tmp_path: Path) -> None:
         ({"seed": -1}, r"seed: value -1 is out of range"),
         ({"runtime": {"run_timeout": float("inf")}}, r"runtime\.run_timeout: value inf is out of range"),
         ({"train": {"lr": float("nan")}}, r"train\.lr: value nan is out of range"),
+        ({"attack": {"attacker": 0}}, r"attack\.attacker: the attacker and the victim are both partition 0"),
+        ({"attack": {"active": "cia"}}, r"attack\.active: needs attack\.attacker"),
+        ({"attack": {"canaries": 5}}, r"attack\.canaries: needs attack\.attacker"),
+        ({"attack": {"active": "dlg", "attacker": 1}}, r"attack\.active: unknown name 'dlg'; valid choices: none, cia"),
+        ({"attack": {"victim": 3}}, r"attack\.victim: value 3 is out of range"),
+        ({"attack": {"attacker": 1}, "runtime": {"mode": "local"}}, r"needs the ClientApp"),
+        ({"attack": {"attacker": 1, "active": "cia", "active_round": 99}}, r"attack\.active_round: value 99"),
     ],
 )
 def test_errors_name_the_key_and_the_choices(data: dict, pattern: str) -> None:

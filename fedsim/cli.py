@@ -92,6 +92,12 @@ def cmd_list(args: argparse.Namespace) -> int:
     from fedsim.bench import BENCHMARKS
 
     print(f"benchmarks: {', '.join(BENCHMARKS.choices())}")
+    from attacks import ATTACKS, load_plugins
+    from fedsim.campaign import shipped_campaigns
+
+    load_plugins()
+    print(f"attacks: {', '.join(ATTACKS.choices())}")
+    print(f"campaigns: {', '.join(shipped_campaigns())}")
     return 0
 
 

@@ -91,3 +91,16 @@ def test_campaign_resumes_after_an_interrupted_cell_and_records_failures(tmp_pat
     report = (out / "report.md").read_text()
     assert "cip-calibrated" in report and "plots/auc_vs_round.png" in report
     assert (out / "plots" / "auc_vs_round.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("name", ["kg-small", "fb15k237-paper"])
+def test_shipped_campaigns_load_and_plan(name: str):
+    from fedsim.campaign import campaign_path, shipped_campaigns
+
+    assert name in shipped_campaigns()
+    spec = load_campaign(campaign_path(name))
+    runs = plan(spec)
+    assert spec.paper_reference == {"no_defence": 0.831, "dp_flames": 0.594}
+    assert {r.config["privacy"]["mode"] for r in runs} == {"fede", "dp-flames"}
+    assert all(r.config["data"]["partition"] == "entity_overlap" and r.config["data"]["num_clients"] == 2
+               for r in runs)

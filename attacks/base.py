@@ -13,7 +13,7 @@ from attacks.games import Candidates, make_candidates
 from attacks.metrics import Sweep
 from attacks.observe import RunView
 
-__all__ = ["Attack", "AttackSetup", "Scored", "ThreatModel", "lookup_rows", "server_view_of"]
+__all__ = ["Attack", "AttackSetup", "Scored", "ThreatModel", "lookup_rows", "server_view_of", "top_fraction_sweep"]
 
 
 @dataclass(frozen=True)
@@ -105,6 +105,11 @@ class Attack:
 
     def score(self, view: RunView, setup: AttackSetup, rnd: int) -> Scored:
         raise NotImplementedError
+
+
+def top_fraction_sweep(params: dict[str, Any]) -> Sweep:
+    """Predict the top m * |members| as members, m = m_start + i * m_step (the authors' SIA sweep)."""
+    return Sweep("top-fraction", tuple(params["m_start"] + i * params["m_step"] for i in range(params["m_count"])))
 
 
 def lookup_rows(ids: np.ndarray, rows: np.ndarray, query: np.ndarray, what: str) -> np.ndarray:

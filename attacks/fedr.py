@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from attacks.base import Attack, AttackSetup, Scored, ThreatModel, lookup_rows, server_view_of
+from attacks.base import Attack, AttackSetup, Scored, ThreatModel, lookup_rows, server_view_of, top_fraction_sweep
 from attacks.metrics import Sweep
 from attacks.observe import RunView
 
@@ -45,8 +45,7 @@ class Reconstruction(Attack):
     defaults = {"m_start": 0.5, "m_step": 0.05, "m_count": 21, "trr_sample": 20000}
 
     def sweep(self) -> Sweep:
-        p = self.params
-        return Sweep("top-fraction", tuple(p["m_start"] + i * p["m_step"] for i in range(p["m_count"])))
+        return top_fraction_sweep(self.params)
 
     def score(self, view: RunView, setup: AttackSetup, rnd: int) -> Scored:
         cfg = view.cfg

@@ -44,8 +44,10 @@ class GroundTruth:
 
 
 def view_path(cfg: ExperimentConfig, run_dir: str | os.PathLike[str]) -> Path:
-    """Where the attacker's node keeps its view for this run."""
-    return Path(cfg.attack.view_dir) if cfg.attack.view_dir else Path(run_dir) / VIEW_DIR
+    """Where the attacker's view of this run is: `<run dir>/attacker` when present (a moved run directory keeps
+    working), else the node's `attack.view_dir`."""
+    local = Path(run_dir) / VIEW_DIR
+    return local if local.is_dir() or not cfg.attack.view_dir else Path(cfg.attack.view_dir)
 
 
 class RunView:

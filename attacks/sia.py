@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from attacks.base import Attack, AttackSetup, Scored, ThreatModel, lookup_rows, server_view_of
+from attacks.base import Attack, AttackSetup, Scored, ThreatModel, lookup_rows, server_view_of, top_fraction_sweep
 from attacks.games import make_candidates
 from attacks.metrics import Sweep
 from attacks.observe import RunView
@@ -50,8 +50,7 @@ class ServerInference(Attack):
     defaults = {"aux_per_relation": 1, "m_start": 0.5, "m_step": 0.05, "m_count": 21}
 
     def sweep(self) -> Sweep:
-        p = self.params
-        return Sweep("top-fraction", tuple(p["m_start"] + i * p["m_step"] for i in range(p["m_count"])))
+        return top_fraction_sweep(self.params)
 
     def auxiliary(self, view: RunView, setup: AttackSetup) -> tuple[np.ndarray, np.ndarray]:
         """(relations, [k, 2] head/tail pairs): the server's auxiliary knowledge, `aux_per_relation` links of each of

@@ -236,6 +236,10 @@ def run_campaign(
     log = progress or (lambda _line: None)
     write_json_atomic(out / "campaign.json", dataclasses.asdict(spec))
     runs = plan(spec)
+    from fedsim.kg.datasets import dataset_files
+
+    for run in runs:  # a missing dataset stops the campaign here, before any simulation starts
+        dataset_files(run.config["data"]["dataset"], run.config["data"]["data_dir"])
     total = sum(len(r.cells) for r in runs)
     done = skipped = failed = 0
     for run in runs:

@@ -104,3 +104,14 @@ def test_shipped_campaigns_load_and_plan(name: str):
     assert {r.config["privacy"]["mode"] for r in runs} == {"fede", "dp-flames"}
     assert all(r.config["data"]["partition"] == "entity_overlap" and r.config["data"]["num_clients"] == 2
                for r in runs)
+
+
+def test_a_campaign_with_a_missing_dataset_stops_before_any_run(tmp_path: Path, monkeypatch):
+    from fedsim.kg.datasets import DatasetError
+
+    monkeypatch.delenv("FEDSIM_DATA_DIR", raising=False)
+    spec = _spec(tmp_path, TINY.replace('"data.num_clients" = 2', '"data.num_clients" = 2\n"data.dataset" = "fb15k-237"\n'
+                                        '"data.data_dir" = "/nonexistent/fb"'))
+    with pytest.raises(DatasetError, match="/nonexistent/fb"):
+        run_campaign(spec, tmp_path / "c")
+    assert not (tmp_path / "c" / "runs").exists()

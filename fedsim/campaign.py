@@ -132,9 +132,13 @@ def _run_config(spec: CampaignSpec, combo: dict[str, Any], active: str | None) -
     items = [f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in overrides.items()]
     items += [f"attack.victim={spec.victim}", f"attack.attacker={spec.attacker}", f"attack.canaries={spec.canaries}"]
     if active is not None:
-        items += ["attack.active=cia", f"attack.active_round={spec.cia_round}", f"attack.active_game={active}",
-                  f"attack.active_candidates={spec.size}"]
+        items += ["attack.active=cia", f"attack.active_game={active}", f"attack.active_candidates={spec.size}"]
+        if "attack.active_round" not in overrides:  # a grid over attack.active_round wins over campaign.cia_round
+            items.append(f"attack.active_round={spec.cia_round}")
     data = apply_overrides(load_mapping(spec.base), items)
+    if active is None:  # a passive run: the active attack's knobs do not change it
+        data.setdefault("attack", {}).update({"active": "none", "active_round": 1, "active_game": "paper",
+                                              "active_candidates": 2000})
     cfg = from_dict(data)
     if cfg.privacy.mode == "fede":  # no DP: privacy knobs do not change the run
         cfg = dataclasses.replace(cfg, privacy=dataclasses.replace(type(cfg.privacy)(), delta=cfg.privacy.delta))
@@ -241,6 +245,7 @@ def run_campaign(
     for run in runs:  # a missing dataset stops the campaign here, before any simulation starts
         dataset_files(run.config["data"]["dataset"], run.config["data"]["data_dir"])
     total = sum(len(r.cells) for r in runs)
+    planned = {_cell_key(r.key, a, g) for r in runs for a, g in r.cells}
     done = skipped = failed = 0
     for run in runs:
         pending = [(a, g) for a, g in run.cells if not _cell_done(out, _cell_key(run.key, a, g))]
@@ -274,9 +279,9 @@ def run_campaign(
                 failed += 1
                 log(f"[{index}/{total}] {attack} {game} on run {run.key}: FAILED {cell['error']}")
             if stop_after is not None and done + failed >= stop_after:
-                write_results(out)
+                write_results(out, planned)
                 raise CampaignInterrupted(f"stopped after {stop_after} cells")
-    write_results(out)
+    write_results(out, planned)
     from fedsim.report import write_report
 
     report = write_report(out, title=spec.name)
@@ -303,10 +308,13 @@ def _csv_value(value: Any) -> str:
     return str(value)
 
 
-def result_rows(out: Path) -> list[dict[str, str]]:
-    """One CSV row per (cell, round) from the cell files, failed cells as one row with their error."""
+def result_rows(out: Path, keys: set[str] | None = None) -> list[dict[str, str]]:
+    """One CSV row per (cell, round) from the cell files (only `keys` when given: cells of an edited campaign that
+    are no longer planned stay on disk but out of the table), failed cells as one row with their error."""
     rows = []
     for path in sorted((out / "cells").glob("*.json")):
+        if keys is not None and path.stem not in keys:
+            continue
         cell = json.loads(path.read_text())
         run_dir = out / "runs" / cell["run"]
         cfg = json.loads((run_dir / "config.json").read_text()) if (run_dir / "config.json").is_file() else {}
@@ -326,14 +334,14 @@ def result_rows(out: Path) -> list[dict[str, str]]:
     return rows
 
 
-def write_results(out: Path) -> Path:
-    """results.csv, rewritten atomically from the cell files."""
+def write_results(out: Path, keys: set[str] | None = None) -> Path:
+    """results.csv, rewritten atomically from the cell files (of `keys` only, when given)."""
     path = out / "results.csv"
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(RESULT_COLUMNS))
         writer.writeheader()
-        writer.writerows(result_rows(out))
+        writer.writerows(result_rows(out, keys))
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)

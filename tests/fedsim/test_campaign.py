@@ -51,6 +51,11 @@ def test_plan_dedups_runs_that_differ_only_in_unused_privacy_keys_and_adds_cia_r
     assert modes.count(("fede", 1.0, "none")) == 1 and modes.count(("fede", 1.0, "cia")) == 2
     assert modes.count(("dp-flames", 2.0, "none")) == 1 and modes.count(("dp-flames", 2.0, "cia")) == 2
     assert len(runs) == 9
+    rounds = _spec(tmp_path, TINY.replace('["sia", "cip"]', '["sia", "cia"]').replace(
+        '"privacy.noise_multiplier" = [1.0, 2.0]', '"attack.active_round" = [1, 2]'))
+    runs = plan(rounds)  # the passive run ignores attack.active_round; one CIA run per (round, game)
+    active = sorted((r.config["attack"]["active"], r.config["attack"]["active_round"]) for r in runs)
+    assert active == [("cia", 1), ("cia", 1), ("cia", 2), ("cia", 2), ("none", 1)]
 
 
 @pytest.mark.parametrize(("text", "match"), [

@@ -109,6 +109,11 @@ def run_experiment(
     from fedsim.kg.datasets import dataset_files
 
     dataset_files(cfg.data.dataset, cfg.data.data_dir)  # a missing dataset fails here, before any process starts
+    if cfg.attack.canaries > 0:  # so do canaries that cannot be drawn (the clients would fail at registration)
+        from fedsim.kg.canaries import experiment_clients
+        from fedsim.kg.datasets import load_dataset
+
+        experiment_clients(cfg, load_dataset(cfg.data.dataset, cfg.data.data_dir))
     run_dir = prepare_run_dir(cfg, out)
     if cfg.attack.attacker >= 0 and not cfg.attack.view_dir:  # the malicious client keeps its view in the run dir
         cfg = dataclasses.replace(cfg, attack=dataclasses.replace(cfg.attack, view_dir=str(run_dir.path.resolve() / "attacker")))

@@ -49,8 +49,10 @@ def draw_canaries(
             "(use the entity_overlap partition)"
         )
     n_ent, n_rel = dataset.num_entities, len(dataset.relations)
-    taken = set(triple_keys(_all_triples(dataset), n_ent, n_rel).tolist())
-    capacity = len(entities) * (len(entities) - 1) * len(relations) - len(taken)
+    every = _all_triples(dataset)
+    taken = set(triple_keys(every, n_ent, n_rel).tolist())
+    inside = np.isin(every[:, 0], entities) & np.isin(every[:, 2], entities) & np.isin(every[:, 1], relations)
+    capacity = len(entities) * (len(entities) - 1) * len(relations) - len(np.unique(triple_keys(every[inside], n_ent, n_rel)))
     if 2 * count > capacity:
         raise ValueError(f"attack.canaries={count}: only about {max(capacity, 0) // 2} canary pairs fit the shared sets")
     rng = np.random.default_rng([seed, CANARY_SEED_OFFSET])

@@ -84,3 +84,20 @@ def test_impossible_games_are_clear_errors(umls):
     overlap = partition(ds, "entity_overlap", 2, 0)
     with pytest.raises(ValueError, match="0 non-members"):
         make_candidates(ds, overlap, victim=0, attacker=1, level="triple", game="calibrated", size=100, seed=0)
+
+
+def test_canaries_fit_a_dense_kg_and_too_many_are_refused_before_a_run(tmp_path):
+    from fedsim.config import load_config
+    from fedsim.jobs import run_experiment
+
+    ds = load_dataset("kinships")
+    clients = partition(ds, "entity_overlap", 2, 0)
+    members, _ = draw_canaries(ds, clients[0], clients[1], 60, seed=0)  # 20 shared entities, 23 shared relations
+    assert len(members) == 60
+    with pytest.raises(ValueError, match="canary pairs fit"):
+        draw_canaries(ds, clients[0], clients[1], 10_000, seed=0)
+    cfg = load_config("fede-kinships", ["data.partition=entity_overlap", "data.num_clients=2", "attack.attacker=1",
+                                        "attack.canaries=10000"])
+    with pytest.raises(ValueError, match="attack.canaries=10000"):
+        run_experiment(cfg, tmp_path / "run")
+    assert not (tmp_path / "run").exists()

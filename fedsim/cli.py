@@ -165,7 +165,8 @@ def cmd_attack(args: argparse.Namespace) -> int:
     if args.rounds in (None, "last"):
         rounds = None
     elif args.rounds == "schedule":
-        rounds = schedule_rounds(view, victim)
+        levels = tuple(float(x) for x in args.epsilon_levels.split(",")) if args.epsilon_levels else None
+        rounds = schedule_rounds(view, victim, args.every, *((levels,) if levels else ()))
     elif args.rounds == "all":
         rounds = view.train_rounds()
     else:
@@ -232,7 +233,9 @@ def build_parser() -> argparse.ArgumentParser:
     atk.add_argument("--victim", type=int, help="victim partition id (default: the run's attack.victim)")
     atk.add_argument("--attacker", type=int, help="attacking client's partition id (default: the run's attack.attacker)")
     atk.add_argument("--game", choices=["paper", "calibrated"], default="paper", help="membership game")
-    atk.add_argument("--rounds", help="last (default), all, schedule, or comma-separated rounds")
+    atk.add_argument("--rounds", help="last (default), all, schedule (see --every, --epsilon-levels), or a list 5,10")
+    atk.add_argument("--every", type=int, default=5, help="schedule without DP: every N rounds (default 5)")
+    atk.add_argument("--epsilon-levels", help="schedule with DP: comma-separated epsilon levels (default 2,4,...,64)")
     atk.add_argument("--size", type=int, default=2000, help="candidates, members + non-members (default 2000)")
     atk.add_argument("--set", action="append", metavar="KEY=VALUE", help="attack parameter")
     atk.add_argument("--out", help="JSON file (default RUN_DIR/attacks/<attack>-<game>.json)")

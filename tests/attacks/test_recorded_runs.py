@@ -102,3 +102,19 @@ def test_bench_attacks_reports_throughput_on_a_recorded_run(cia_run: Path, tmp_p
     assert report["sia_within_budget"] is True
     with pytest.raises(ValueError, match="unknown setting"):
         bench_attacks(overrides=["runs=3"])
+
+
+def test_dp_schedule_attacks_where_the_victims_epsilon_first_reaches_each_level(cia_run: Path, tmp_path: Path):
+    from attacks.run import schedule_rounds
+
+    run = tmp_path / "dp"
+    shutil.copytree(cia_run, run, ignore=shutil.ignore_patterns("state"))
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    for row, eps in zip(rows, (0.7, 1.5, 1.6)):
+        row["privacy"] = {"0": {"epsilon": eps}, "1": {"epsilon": 9.0}}
+    (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    view = RunView(run)
+    assert view.epsilon(0, 2) == 1.5
+    assert view.rounds_at_epsilon(0, [0.5, 1.0, 1.55, 4.0]) == {0.5: 1, 1.0: 2, 1.55: 3}
+    assert schedule_rounds(view, 0, epsilon_levels=(1.0,)) == [2, 3]  # the last round always
+    assert schedule_rounds(RunView(cia_run), 0, every=2) == [2, 3]  # no DP: every 2 rounds and the last

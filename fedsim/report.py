@@ -196,9 +196,11 @@ def _defence_order(row: Row) -> tuple[int, str, float]:
 
 
 def _row_order(row: Row) -> tuple[Any, ...]:
-    """Sort key over context, defence, attack and game."""
+    """Sort key over context, defence, attack, game and round."""
+    rnd = row.get("round")
     return (*(row.get(c, "") for c in CONTEXT_COLUMNS), _defence_order(row),
-            _order(row.get("attack", ""), KNOWN_ATTACKS), _order(row.get("game", ""), KNOWN_GAMES))
+            _order(row.get("attack", ""), KNOWN_ATTACKS), _order(row.get("game", ""), KNOWN_GAMES),
+            float(rnd) if _is_finite(rnd) else math.inf)
 
 
 def _seed_order(row: Row) -> float:
@@ -268,7 +270,8 @@ def summary_table(rows: Sequence[Row], metrics: Sequence[str] = DEFAULT_METRICS)
     """Mean and std over seeds at the last round, per (dataset, partition, model, defence, attack, game)."""
     groups: dict[tuple[str, ...], list[Row]] = defaultdict(list)
     for row in final_rows(rows):
-        key = (*(row[c] for c in CONTEXT_COLUMNS), defence_label(row), row["attack"], row["game"])
+        # the round is part of the group: CIA runs poisoned at different rounds are different experiments
+        key = (*(row[c] for c in CONTEXT_COLUMNS), defence_label(row), row["attack"], row["game"], row["round"])
         groups[key].append(row)
     table = []
     for key, group in sorted(groups.items(), key=lambda item: _row_order(item[1][0])):
@@ -276,7 +279,7 @@ def summary_table(rows: Sequence[Row], metrics: Sequence[str] = DEFAULT_METRICS)
         entry: Row = {
             "dataset": key[0], "partition": key[1], "model": key[2], "defence": key[3],
             "privacy_mode": first["privacy_mode"], "noise_multiplier": first["noise_multiplier"],
-            "attack": key[4], "game": key[5], "round": max(r["round"] for r in group),
+            "attack": key[4], "game": key[5], "round": key[6],
             "n_seeds": len(group), "seeds": sorted(r["seed"] for r in group),
         }
         for metric in metrics:
@@ -315,7 +318,14 @@ def reproduction_table(rows: Sequence[Row], reference: dict[str, Any]) -> list[R
     values: dict[tuple[str, str], dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     maxima: dict[tuple[str, str], dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     firsts: dict[tuple[str, str], Row] = {}
-    for row in final_rows(rows):
+    finals = final_rows(rows)
+    context = lambda r: (*(r[c] for c in CONTEXT_COLUMNS), r["game"], defence_label(r), r["attack"])  # noqa: E731
+    latest: dict[tuple[Any, ...], int] = {}
+    for row in finals:  # CIA poisoned at several rounds: the latest one stands for the attack
+        latest[context(row)] = max(latest.get(context(row), row["round"]), row["round"])
+    for row in finals:
+        if row["round"] != latest[context(row)]:
+            continue
         metric = PAPER_METRIC.get(row["attack"])
         if metric is None or not _is_finite(row.get(metric)):
             continue

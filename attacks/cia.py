@@ -12,6 +12,16 @@ from attacks.games import Candidates, make_candidates
 from attacks.metrics import Sweep
 from attacks.observe import MissingRecords, RunView
 from attacks.scoring import DISTANCE_MODELS, distance, ratio
+from fedsim.config import ExperimentConfig
+from fedsim.kg.datasets import KGDataset
+from fedsim.kg.partition import ClientKG
+
+
+def poisoned_candidates(cfg: ExperimentConfig, dataset: KGDataset, clients: list[ClientKG]) -> Candidates:
+    """The candidate triples whose tails a run's CIA attacker negates (its attack settings decide them)."""
+    a = cfg.attack
+    return make_candidates(dataset, clients, victim=a.victim, attacker=a.attacker, level="triple", game=a.active_game,
+                           size=a.active_candidates, seed=cfg.seed, canaries=a.canaries)
 
 
 class ClientActiveInference(Attack):
@@ -45,9 +55,7 @@ class ClientActiveInference(Attack):
             raise ValueError(
                 f"this run's CIA attacker {a.attacker} poisoned the tails of victim {a.victim}'s {a.active_game!r} "
                 f"game; asked for attacker {setup.attacker}, victim {setup.victim}, game {setup.game!r}")
-        truth = view.truth
-        return make_candidates(truth.dataset, truth.clients, victim=a.victim, attacker=a.attacker, level="triple",
-                               game=a.active_game, size=a.active_candidates, seed=view.cfg.seed, canaries=a.canaries)
+        return poisoned_candidates(view.cfg, view.truth.dataset, view.truth.clients)
 
     def score(self, view: RunView, setup: AttackSetup, rnd: int) -> Scored:
         cands = self.candidates(view, setup)

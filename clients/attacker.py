@@ -38,18 +38,13 @@ def _save_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
 @functools.lru_cache(maxsize=2)
 def cia_tails(config_json: str) -> np.ndarray:
     """The entity ids whose rows the CIA attacker negates: the tails of its candidate triples."""
-    from attacks.games import make_candidates
+    from attacks.cia import poisoned_candidates
     from fedsim.kg.canaries import experiment_clients
     from fedsim.kg.datasets import load_dataset
 
     cfg = from_dict(json.loads(config_json))
     dataset = load_dataset(cfg.data.dataset, cfg.data.data_dir)
-    a = cfg.attack
-    candidates = make_candidates(
-        dataset, experiment_clients(cfg, dataset), victim=a.victim, attacker=a.attacker, level="triple",
-        game=a.active_game, size=a.active_candidates, seed=cfg.seed, canaries=a.canaries,
-    )
-    return np.unique(candidates.tails)
+    return np.unique(poisoned_candidates(cfg, dataset, experiment_clients(cfg, dataset)).tails)
 
 
 def poison(

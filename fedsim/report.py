@@ -659,9 +659,10 @@ def _failed_section(rows: Sequence[Row]) -> list[str]:
 def render_report(rows: Sequence[Row], campaign: dict[str, Any], plots: Sequence[tuple[str, Path]],
                   report_dir: Path, title: str | None = None) -> str:
     """The report's Markdown text."""
-    failed = sum(not _is_ok(r) for r in rows)
+    failed = len({r["cell"] for r in rows if not _is_ok(r)})
     lines = [f"# {_title(campaign, title)}", "",
-             f"Runs: {len({r['run'] for r in rows})} · attack cells: {len(rows)} · failed cells: {failed}", "",
+             f"Runs: {len({r['run'] for r in rows})} · attack cells: {len({r['cell'] for r in rows})} "
+             f"({len(rows)} attacked rounds) · failed cells: {failed}", "",
              "## Summary", "",
              "Last round of each run; mean ± sample std (ddof=1) over seeds; failed cells excluded; "
              f"`{MISSING}` = not available. ε (final) is the accountant's ε at that round.", ""]

@@ -166,7 +166,7 @@ def test_write_report_links_only_existing_pngs(tmp_path: Path) -> None:
     assert path == root / "report.md"
     text = path.read_text()
     assert text.startswith("# Attack campaign report: fb15k-audit\n")
-    assert "Runs: 4 · attack cells: 64 · failed cells: 0" in text and "## Failed cells" not in text
+    assert "Runs: 4 · attack cells: 64 (64 attacked rounds) · failed cells: 0" in text and "## Failed cells" not in text
     assert "| fb15k | relation | transe | fede | sia | paper | 10 | 2 | 0.715 ± 0.007 | 0.615 ± 0.007 |" in text
     # second number: the average of the same attacks' max F1 (sia 0.715, cip 0.765, cia 0.815 without DP)
     assert "| paper | no defence | 69.8 | 76.5 | sia (f1_max), cip (f1_mean), cia (f1_mean) | 83.1 |" in text

@@ -46,7 +46,10 @@ HOW_TO_READ = (
     "own held-out true triples or injected canaries; use it for DP claims. `epsilon_lb` is an "
     "empirical lower bound on ε from the audit (Clopper–Pearson intervals, Bonferroni-corrected over "
     "thresholds; a one-run heuristic, not a proof), to be compared with the accountant's ε "
-    "(`epsilon`), which is an upper bound."
+    "(`epsilon`), which is an upper bound. It is an audit of the DP guarantee only in the `calibrated` "
+    "game, where members and non-members come from the same distribution (a random split, or canaries "
+    "drawn alike); in the `paper` game it also counts the plausibility gap between true links and "
+    "random non-links."
 )
 
 

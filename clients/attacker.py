@@ -35,15 +35,22 @@ def _save_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
         raise
 
 
+@functools.lru_cache(maxsize=4)
+def _config(config_json: str) -> ExperimentConfig:
+    """The parsed experiment config (parsed once per process: the mod runs on every train message)."""
+    return from_dict(json.loads(config_json))
+
+
 @functools.lru_cache(maxsize=2)
-def cia_tails(config_json: str) -> np.ndarray:
-    """The entity ids whose rows the CIA attacker negates: the tails of its candidate triples."""
+def cia_tails(config_json: str, data_dir: str | None = None) -> np.ndarray:
+    """The entity ids whose rows the CIA attacker negates: the tails of its candidate triples (`data_dir`: the
+    node's own dataset folder, as the ClientApp reads it)."""
     from attacks.cia import poisoned_candidates
     from fedsim.kg.canaries import experiment_clients
     from fedsim.kg.datasets import load_dataset
 
-    cfg = from_dict(json.loads(config_json))
-    dataset = load_dataset(cfg.data.dataset, cfg.data.data_dir)
+    cfg = _config(config_json)
+    dataset = load_dataset(cfg.data.dataset, data_dir or cfg.data.data_dir)
     return np.unique(poisoned_candidates(cfg, dataset, experiment_clients(cfg, dataset)).tails)
 
 
@@ -71,7 +78,7 @@ def attacker_mod(msg: Message, context: Context, call_next: ClientAppCallable) -
     if STATE_CONFIG not in context.state.config_records:
         return reply
     config_json = str(context.state.config_records[STATE_CONFIG]["config"])
-    cfg: ExperimentConfig = from_dict(json.loads(config_json))
+    cfg = _config(config_json)
     pid = int(context.node_config.get("partition-id", -1))
     if cfg.attack.attacker < 0 or pid != cfg.attack.attacker:
         return reply
@@ -81,7 +88,9 @@ def attacker_mod(msg: Message, context: Context, call_next: ClientAppCallable) -
         ids, rows = read_rows(reply)
         view["honest-ids"], view["honest-rows"] = ids, rows
         received_ids, received_rows = read_rows(msg)
-        new_ids, new_rows = poison(received_ids, received_rows, ids, rows, cia_tails(config_json))
+        data_dir = context.node_config.get("data-dir")
+        tails = cia_tails(config_json, str(data_dir) if data_dir else None)
+        new_ids, new_rows = poison(received_ids, received_rows, ids, rows, tails)
         metrics = dict(reply.content.metric_records.get("metrics", MetricRecord()))
         if "uploaded-rows" in metrics:
             metrics["uploaded-rows"] = int(len(new_ids))

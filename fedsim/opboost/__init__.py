@@ -1,4 +1,6 @@
-"""OpBoost order-preserving desensitization: dLDP mechanisms, their accountant and discretization (opboost.md §2)."""
+"""OpBoost (opboost.md): order-preserving dLDP mechanisms, their accountant and discretization (re-exported here);
+`fedsim.opboost.datasets` (tabular loaders, party column assignment) and `fedsim.opboost.xgb` (dense ranks, split-rank
+requests, threshold rewrite) are imported by module, so that importing this package stays free of xgboost."""
 
 from __future__ import annotations
 

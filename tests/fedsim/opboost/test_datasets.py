@@ -20,8 +20,6 @@ from fedsim.opboost.datasets import (
     unassigned,
 )
 
-SHARED_DATA = Path(__file__).resolve().parents[3].parent / "shared" / "data"
-
 ADULT_ROW = (
     "39, State-gov, 77516, Bachelors, 13, Never-married, Adm-clerical, Not-in-family, White, Male, 2174, 0, 40, "
     "United-States, <=50K"
@@ -61,13 +59,6 @@ def _good_files(name: str) -> dict[str, str]:
         return {"CASP.csv": CASP_HEADER + "\n" + "\n".join([CASP_ROW] * 5) + "\n"}
     return {"ccpp.csv": CCPP_HEADER + "\n" + "\n".join([CCPP_ROW] * 5) + "\n"}
 
-
-@pytest.fixture(scope="module")
-def shared_data() -> Path:
-    """The shared real-data directory, or skip when it is absent."""
-    if not SHARED_DATA.is_dir():
-        pytest.skip(f"real datasets not available: {SHARED_DATA} is absent")
-    return SHARED_DATA
 
 
 # --- sklearn-bundled sets -------------------------------------------------------------------------------------

@@ -114,9 +114,8 @@ def top_fraction_sweep(params: dict[str, Any]) -> Sweep:
 
 def lookup_rows(ids: np.ndarray, rows: np.ndarray, query: np.ndarray, what: str) -> np.ndarray:
     """rows[k] for each query id (ids sorted); a ValueError names ids that are absent."""
-    pos = np.searchsorted(ids, query)
-    pos = np.clip(pos, 0, max(len(ids) - 1, 0))
-    ok = (len(ids) > 0) & (ids[pos] == query) if len(ids) else np.zeros(len(query), bool)
+    pos = np.minimum(np.searchsorted(ids, query), max(len(ids) - 1, 0))
+    ok = ids[pos] == query if len(ids) else np.zeros(len(query), bool)
     if not np.all(ok):
         raise ValueError(f"{what}: {int((~ok).sum())} candidate entities are absent, e.g. {query[~ok][:5].tolist()}")
     return np.asarray(rows)[pos]

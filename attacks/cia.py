@@ -4,9 +4,7 @@ the run, in the attacker's ClientApp (`clients.attacker`, `attack.active = "cia"
 
 from __future__ import annotations
 
-import numpy as np
-
-from attacks.base import Attack, AttackSetup, Scored, ThreatModel, lookup_rows
+from attacks.base import Attack, AttackSetup, Scored, ThreatModel, lookup_rows, server_view_of
 from attacks.cip import attacker_relation_rows, ratio_sweep
 from attacks.games import Candidates, make_candidates
 from attacks.metrics import Sweep
@@ -62,10 +60,7 @@ class ClientActiveInference(Attack):
         cfg = view.cfg
         r0 = self.poisoned_round(view)
         # s1: the attacker's poisoned table of round r0 (what it received, overwritten by what it uploaded)
-        ids, rows = view.received(setup.attacker, r0)
-        up_ids, up_rows = view.upload(setup.attacker, r0)
-        poisoned = np.array(rows, copy=True)
-        poisoned[np.searchsorted(ids, up_ids)] = up_rows
+        ids, poisoned = server_view_of(view, setup.attacker, r0)
         rel = attacker_relation_rows(view, setup.attacker, cands.relations, r0)
         s1 = distance(cfg, lookup_rows(ids, poisoned, cands.heads, "poisoned table"), rel,
                       lookup_rows(ids, poisoned, cands.tails, "poisoned table"))

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from attacks.base import Attack, AttackSetup, Scored, ThreatModel, lookup_rows, server_view_of, top_fraction_sweep
-from attacks.games import make_candidates
+from attacks.games import Candidates, make_candidates
 from attacks.metrics import Sweep
 from attacks.observe import RunView
 
@@ -69,20 +69,23 @@ class ServerInference(Attack):
         pick = np.concatenate(first)
         return np.concatenate(rels), tri[pick][:, [0, 2]]
 
-    def candidates(self, view: RunView, setup: AttackSetup):
-        _, pairs = self.auxiliary(view, setup)
+    def candidates(self, view: RunView, setup: AttackSetup) -> Candidates:
+        return self._candidates(view, setup, self.auxiliary(view, setup)[1])
+
+    def _candidates(self, view: RunView, setup: AttackSetup, aux_pairs: np.ndarray) -> Candidates:
+        """Link candidates without the server's auxiliary links."""
         truth = view.truth
         return make_candidates(truth.dataset, truth.clients, victim=setup.victim, attacker=setup.attacker,
                                level="link", game=setup.game, size=setup.size, seed=setup.seed,
-                               canaries=view.cfg.attack.canaries, exclude_pairs=pairs)
+                               canaries=view.cfg.attack.canaries, exclude_pairs=aux_pairs)
 
     def score(self, view: RunView, setup: AttackSetup, rnd: int) -> Scored:
-        cands = self.candidates(view, setup)
+        aux_rel, aux_pairs = self.auxiliary(view, setup)
+        cands = self._candidates(view, setup, aux_pairs)
         ids, table = server_view_of(view, setup.victim, rnd)
         model = view.cfg.model.name
         feats = relation_features(model, lookup_rows(ids, table, cands.heads, "victim rows"),
                                   lookup_rows(ids, table, cands.tails, "victim rows"))
-        aux_rel, aux_pairs = self.auxiliary(view, setup)
         # clusters: the relations of the member links (as the authors' code does), each seeded by its known link(s)
         victim = view.truth.clients[setup.victim].global_triples("train")
         n = view.truth.dataset.num_entities

@@ -16,6 +16,7 @@ from fedsim.config import ExperimentConfig, from_dict
 from fedsim.kg.datasets import KGDataset
 from fedsim.kg.partition import ClientKG
 from fedsim.record import RecordedRun, RecordError, open_run
+from fedsim.rundir import RunDir
 
 __all__ = ["RECORDS", "GroundTruth", "MissingRecords", "RunView", "view_path"]
 
@@ -182,15 +183,8 @@ class RunView:
     # -- privacy ------------------------------------------------------------------------------
     @functools.cached_property
     def metrics(self) -> list[dict[str, Any]]:
-        path = self.path / "metrics.jsonl"
-        rows = []
-        if path.is_file():
-            for line in path.read_text().splitlines():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError:
-                    continue  # a torn last line of a killed run
-        return rows
+        """The run's per-round rows (a torn last line of a killed run is left out)."""
+        return RunDir(self.path).read_jsonl("metrics.jsonl")
 
     def epsilon(self, pid: int, rnd: int) -> float | None:
         """Partition `pid`'s accountant epsilon after round `rnd` (None without DP)."""

@@ -6,9 +6,8 @@
 from __future__ import annotations
 
 import functools
+import io
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -17,22 +16,16 @@ from flwr.app.message_type import MessageType
 from flwr.clientapp.typing import ClientAppCallable
 
 from fedsim.config import ExperimentConfig, from_dict
+from fedsim.rundir import write_bytes_atomic
 from servers.fede import ROWS, read_rows, rows_record
 
 
 def _save_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    """Write an .npz so that readers see the old file or the whole new one, never a torn one."""
+    """An .npz written so that readers see the old file or the whole new one, never a torn one."""
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.tmp-")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, **arrays)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_bytes_atomic(path, buffer.getvalue())
 
 
 @functools.lru_cache(maxsize=4)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import hashlib
+import io
 import itertools
 import json
 import os
@@ -27,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from fedsim.config import ConfigError, apply_overrides, from_dict, load_mapping
-from fedsim.rundir import RunDir, write_json_atomic
+from fedsim.rundir import RunDir, write_bytes_atomic, write_json_atomic
 
 __all__ = ["CampaignInterrupted", "CampaignSpec", "load_campaign", "run_campaign"]
 
@@ -337,12 +338,9 @@ def result_rows(out: Path, keys: set[str] | None = None) -> list[dict[str, str]]
 def write_results(out: Path, keys: set[str] | None = None) -> Path:
     """results.csv, rewritten atomically from the cell files (of `keys` only, when given)."""
     path = out / "results.csv"
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(RESULT_COLUMNS))
-        writer.writeheader()
-        writer.writerows(result_rows(out, keys))
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=list(RESULT_COLUMNS))
+    writer.writeheader()
+    writer.writerows(result_rows(out, keys))
+    write_bytes_atomic(path, text.getvalue().encode("utf-8"))
     return path

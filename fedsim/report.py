@@ -690,13 +690,6 @@ def render_report(rows: Sequence[Row], campaign: dict[str, Any], plots: Sequence
     return "\n".join(lines)
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    """Write text through a temporary file and an atomic rename."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def write_report(campaign_dir: PathLike, title: str | None = None) -> Path:
     """Write campaign_dir/report.md and campaign_dir/plots/*.png from results.csv; return the report's path."""
     campaign_dir = Path(campaign_dir)
@@ -704,5 +697,7 @@ def write_report(campaign_dir: PathLike, title: str | None = None) -> Path:
     campaign = load_campaign(campaign_dir / "campaign.json")
     plots = _make_plots(rows, campaign_dir)
     report = campaign_dir / "report.md"
-    _write_text_atomic(report, render_report(rows, campaign, plots, campaign_dir, title))
+    from fedsim.rundir import write_bytes_atomic
+
+    write_bytes_atomic(report, render_report(rows, campaign, plots, campaign_dir, title).encode("utf-8"))
     return report

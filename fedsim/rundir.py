@@ -33,14 +33,23 @@ def dumps(obj: Any, indent: int | None = None) -> str:
     return json.dumps(obj, default=_default, indent=indent, sort_keys=indent is not None)
 
 
-def write_json_atomic(path: Path, obj: Any) -> None:
-    """Write JSON to a temp file, fsync, rename: readers never see a torn file."""
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """Write to a temp file, fsync, rename: readers see the old file or the whole new one, never a torn one."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        fh.write(dumps(obj, indent=2) + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    """JSON through `write_bytes_atomic`."""
+    write_bytes_atomic(path, (dumps(obj, indent=2) + "\n").encode("utf-8"))
 
 
 def new_run_id(name: str) -> str:

@@ -8,6 +8,17 @@ from typing import Any
 from fedsim.registry import Registry
 
 BenchFn = Callable[..., dict[str, Any]]
+
+
+def bench_params(name: str, defaults: dict[str, Any], overrides: list[str] | None) -> dict[str, Any]:
+    """`defaults` with `--set key=value` overrides, each value cast to its default's type."""
+    params = dict(defaults)
+    for item in overrides or []:
+        key, sep, value = item.partition("=")
+        if not sep or key not in defaults:
+            raise ValueError(f"bench {name}: unknown setting {item!r}; settings: {', '.join(defaults)}")
+        params[key] = type(defaults[key])(value)
+    return params
 BENCHMARKS: Registry[BenchFn] = Registry("benchmark")
 
 

@@ -8,21 +8,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from fedsim.bench import bench_params
 from fedsim.rundir import environment_info, new_run_id, write_json_atomic
 
 DEFAULTS: dict[str, Any] = {"run_dir": "", "preset": "fede-fb15k237-overlap", "size": 2000, "repeats": 3,
                             "attacks": "sia,cip,cip-code,cia,fedr", "out_dir": "runs"}
 SIA_BUDGET_SECONDS = 60.0
-
-
-def _parse(overrides: list[str]) -> dict[str, Any]:
-    params = dict(DEFAULTS)
-    for item in overrides:
-        key, sep, value = item.partition("=")
-        if not sep or key not in DEFAULTS:
-            raise ValueError(f"bench attacks: unknown setting {item!r}; settings: {', '.join(DEFAULTS)}")
-        params[key] = type(DEFAULTS[key])(value)
-    return params
 
 
 def _recorded_run(p: dict[str, Any]) -> Path:
@@ -43,7 +34,7 @@ def bench_attacks(out: str | None = None, overrides: list[str] | None = None) ->
     from attacks.observe import RunView
     from attacks.run import attack_run
 
-    p = _parse(list(overrides or []))
+    p = bench_params("attacks", DEFAULTS, overrides)
     t0 = time.perf_counter()
     run_dir = Path(p["run_dir"]) if p["run_dir"] else _recorded_run(p)
     run_seconds = time.perf_counter() - t0 if not p["run_dir"] else None

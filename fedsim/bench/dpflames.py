@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from fedsim.bench import bench_params
 from fedsim.rundir import environment_info, write_json_atomic
 
 DEFAULTS = {"entities": 14541, "relations": 237, "dim": 256, "triples": 20000, "batch": 64, "neg": 64,
@@ -69,12 +70,7 @@ def _worker(variant: str, p: dict[str, Any]) -> dict[str, Any]:
 
 
 def bench_dpflames(out: str | None = None, overrides: list[str] | None = None) -> dict[str, Any]:
-    params = dict(DEFAULTS)
-    for item in overrides or []:
-        key, _, value = item.partition("=")
-        if key not in params:
-            raise ValueError(f"unknown dpflames benchmark parameter {key!r}; valid: {', '.join(params)}")
-        params[key] = type(params[key])(value)
+    params = bench_params("dpflames", DEFAULTS, overrides)
     runs = {}
     for variant in VARIANTS:
         proc = subprocess.run([sys.executable, "-m", "fedsim.bench.dpflames", variant, json.dumps(params)],

@@ -37,7 +37,35 @@ def progress_printer(total_rounds: int):
     return show
 
 
+def opboost_progress(row: dict[str, Any]) -> None:
+    """One line per OpBoost protocol step."""
+    if "seconds" in row:
+        split = f" ({row['split']})" if row.get("split") else ""
+        print(f"step {row['round']} {row['step']}{split}: {row['seconds']:.2f}s", flush=True)
+
+
+def print_opboost_summary(summary: dict[str, Any]) -> None:
+    print()
+    print(f"{'run':<18}{summary['run_id']}")
+    print(f"{'mode':<18}{summary['mode']} (opboost, {summary['mechanism']}, eps {summary['epsilon']:g})")
+    for split in ("train", "test"):
+        for key, value in (summary.get(split) or {}).items():
+            print(f"{split + ' ' + key:<18}{_fmt(value)}")
+    for party, b in summary.get("bytes", {}).items():
+        print(f"{'bytes ' + party:<18}up {b['up']:,}  down {b['down']:,}")
+    for party, totals in (summary.get("privacy") or {}).items():
+        for kind, t in (totals or {}).items():
+            spent = ", ".join(f"{k} {t[k]:.4g}" for k in ("epsilon", "eps_prt", "eps_ner") if k in t)
+            print(f"{'privacy ' + party:<18}{kind}: {t['columns']} columns, summed {spent}")
+    print(f"{'wall seconds':<18}{summary['wall_seconds']:.1f}")
+    if "record_entries" in summary:
+        print(f"{'recorded msgs':<18}{summary['record_entries']}")
+    print(f"{'run directory':<18}{summary['run_dir']}")
+
+
 def print_summary(summary: dict[str, Any]) -> None:
+    if summary.get("protocol") == "opboost":
+        return print_opboost_summary(summary)
     test = summary.get("test") or {}
     print()
     print(f"{'run':<18}{summary['run_id']}")
@@ -62,12 +90,20 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.mode:
         overrides.append(f"runtime.mode={args.mode}")
     cfg = load_config(args.config, overrides)
+    from fedsim.jobs import run_experiment
+
+    if cfg.protocol == "opboost":
+        o = cfg.opboost
+        print(f"fedsim run {cfg.name}: OpBoost on {cfg.data.dataset}, {cfg.data.num_clients} passive part"
+              f"{'y' if cfg.data.num_clients == 1 else 'ies'}, {o.mechanism} (eps {o.epsilon:g}), {o.num_trees} trees, "
+              f"mode {cfg.runtime.mode}", flush=True)
+        print_summary(run_experiment(cfg, args.out, progress=None if args.quiet else opboost_progress))
+        return 0
     p = cfg.privacy
     noise = f"sigma solved for epsilon {p.target_epsilon:g}" if p.target_epsilon else f"sigma {p.noise_multiplier:g}"
     privacy = "" if p.mode == "fede" else f", {p.mode} ({noise})"
     print(f"fedsim run {cfg.name}: {cfg.model.name} on {cfg.data.dataset}, {cfg.data.num_clients} clients "
           f"({cfg.data.partition}), {cfg.train.rounds} rounds, mode {cfg.runtime.mode}{privacy}", flush=True)
-    from fedsim.jobs import run_experiment
 
     summary = run_experiment(cfg, args.out, progress=None if args.quiet else progress_printer(cfg.train.rounds))
     print_summary(summary)

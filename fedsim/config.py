@@ -124,6 +124,36 @@ class AttackSettings:
     view_dir: str = ""  # where the attacker's node keeps its view; "" = <run dir>/attacker (one-machine runtimes)
 
 
+PROTOCOLS = ("fkge", "opboost")
+OPBOOST_COLUMNS = ("paper", "even")
+OPBOOST_NOISE_SEEDS = ("node", "config")
+
+
+@dataclass
+class OpBoostSettings:
+    """OpBoost (protocol = "opboost", opboost.md): data.dataset is a tabular set, data.num_clients the number of
+    passive parties; each party is its own process holding only its own columns."""
+
+    mechanism: str = "global-map"  # global-map | local-map | adj-map | piecewise | none | *-real
+    epsilon: float = 1.28  # per column (nominal passive columns: k-RR with the same epsilon)
+    theta: float = 4.0  # partition width (local-/adj-map), in units of the discretized domain
+    alpha: float = 1.0  # adj-map ratio: eps_prt = alpha * theta * eps_ner
+    levels: int = 10  # K: numeric columns are discretized to 0..K with public bounds
+    nominal: str = "krr"  # passive nominal columns: "krr" or "clear" (no privacy)
+    bounds: str = "public"  # "public" (packaged table or bounds_file) or "data" (min/max of the train data: LEAKS)
+    bounds_file: str = ""  # TOML [dataset] column = [lower, upper]
+    columns: str = "paper"  # column assignment: the paper's (adult, pendigits, casp, ccpp) or "even"
+    active_share: float = 0.0  # "even": share of the columns the active party keeps
+    test_fraction: float = 0.2  # data sets without a fixed split
+    tree_method: str = "exact"
+    num_trees: int = 80
+    max_depth: int = 3
+    eta: float = 0.1
+    noise_seed: str = "node"  # "node": each passive party's own entropy (or its node config noise-seed);
+    #                          "config": derived from seed, reproducible but known to the active party (experiments)
+    party_root: str = ""  # directory of the party folders (active/, passive-K/); "" = <run dir>/parties
+
+
 @dataclass
 class ExperimentConfig:
     name: str = "fede-umls"
@@ -136,6 +166,7 @@ class ExperimentConfig:
     privacy: PrivacySettings = field(default_factory=PrivacySettings)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     attack: AttackSettings = field(default_factory=AttackSettings)
+    opboost: OpBoostSettings = field(default_factory=OpBoostSettings)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -284,7 +315,9 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
     from fedsim.kg.shapes import MODEL_NAMES
     from fedsim.kg.partition import PARTITION_SCHEMES
 
-    _check_choice("protocol", cfg.protocol, ("fkge",))
+    _check_choice("protocol", cfg.protocol, PROTOCOLS)
+    if cfg.protocol == "opboost":
+        return _validate_opboost(cfg)
     _check_choice("data.dataset", cfg.data.dataset, DATASET_NAMES)
     _check_choice("data.partition", cfg.data.partition, PARTITION_SCHEMES)
     _check_choice("model.name", cfg.model.name, MODEL_NAMES)
@@ -308,6 +341,56 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
             f"strategy.name: {cfg.strategy.name!r} is a centralised baseline and runs only with "
             f"runtime.mode = 'local' (got {cfg.runtime.mode!r})"
         )
+    return cfg
+
+
+def _validate_opboost(cfg: ExperimentConfig) -> ExperimentConfig:
+    from fedsim.opboost.datasets import DATASETS, PAPER_ASSIGNMENTS
+    from fedsim.opboost.party import DesensitizeSettings
+
+    o = cfg.opboost
+    _check_choice("data.dataset", cfg.data.dataset, DATASETS)
+    _check_choice("runtime.mode", cfg.runtime.mode, MODES)
+    _check_choice("opboost.columns", o.columns, OPBOOST_COLUMNS)
+    _check_choice("opboost.bounds", o.bounds, ("public", "data"))
+    _check_choice("opboost.tree_method", o.tree_method, ("exact", "hist", "approx"))
+    _check_choice("opboost.noise_seed", o.noise_seed, OPBOOST_NOISE_SEEDS)
+    try:
+        DesensitizeSettings(o.mechanism, o.epsilon, o.theta, o.alpha, o.levels, o.nominal)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    checks = {
+        "seed": cfg.seed >= 0,
+        "data.num_clients": cfg.data.num_clients >= 1,
+        "opboost.active_share": 0.0 <= o.active_share < 1.0,
+        "opboost.test_fraction": 0.0 < o.test_fraction < 1.0,
+        "opboost.num_trees": o.num_trees >= 1,
+        "opboost.max_depth": o.max_depth >= 1,
+        "opboost.eta": 0 < o.eta <= 1,
+        "runtime.round_timeout": 0 < cfg.runtime.round_timeout < math.inf,
+        "runtime.run_timeout": 0 < cfg.runtime.run_timeout < math.inf,
+        "runtime.startup_timeout": 0 < cfg.runtime.startup_timeout < math.inf,
+        "runtime.poll_interval": 0 < cfg.runtime.poll_interval < math.inf,
+        "runtime.num_cpus_per_client": cfg.runtime.num_cpus_per_client > 0,
+        "runtime.num_gpus_per_client": cfg.runtime.num_gpus_per_client >= 0,
+    }
+    for key, ok in checks.items():
+        if not ok:
+            value: Any = cfg.to_dict()
+            for part in key.split("."):
+                value = value[part]
+            raise ConfigError(f"{key}: value {value!r} is out of range")
+    if o.columns == "paper":
+        paper = PAPER_ASSIGNMENTS.get(cfg.data.dataset)
+        if paper is None:
+            raise ConfigError(f"opboost.columns: no paper assignment for {cfg.data.dataset!r} "
+                              f"(those exist for {', '.join(PAPER_ASSIGNMENTS)}); use 'even'")
+        if len(paper.passive) != cfg.data.num_clients:
+            raise ConfigError(f"data.num_clients: the paper's {cfg.data.dataset} assignment has "
+                              f"{len(paper.passive)} passive part(ies), got {cfg.data.num_clients}; use columns='even'")
+    if cfg.attack.attacker >= 0 or cfg.attack.active != "none" or cfg.attack.canaries:
+        raise ConfigError("attack: the malicious-client settings belong to protocol 'fkge'; OpBoost's attack reads "
+                          "the recording (fedsim attack RUN --attack opboost-reconstruct)")
     return cfg
 
 

@@ -107,6 +107,19 @@ def exchange(
     return result
 
 
+def wait_for_nodes(grid: Grid, expected: int, timeout: float, poll_interval: float) -> list[int]:
+    """Sorted node ids once `expected` nodes are connected; RoundFailed after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        nodes = sorted(grid.get_node_ids())
+        if len(nodes) >= expected:
+            return nodes
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise RoundFailed(f"only {len(nodes)} of {expected} nodes connected within {timeout:g} s")
+        time.sleep(min(poll_interval, remaining))
+
+
 class RoundStrategy(ABC):
     """Hooks of one protocol. The strategy owns its global state (e.g. a table)."""
 
@@ -171,18 +184,8 @@ class RoundLoop:
 
     def wait_for_nodes(self) -> list[int]:
         """Node ids once `expected_nodes` are connected; bounded by the start-up timeout."""
-        deadline = time.monotonic() + self.settings.startup_timeout
-        while True:
-            nodes = sorted(self.grid.get_node_ids())
-            if len(nodes) >= self.settings.expected_nodes:
-                return nodes
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise RoundFailed(
-                    f"only {len(nodes)} of {self.settings.expected_nodes} nodes connected within "
-                    f"{self.settings.startup_timeout:g} s"
-                )
-            time.sleep(min(self.settings.poll_interval, remaining))
+        s = self.settings
+        return wait_for_nodes(self.grid, s.expected_nodes, s.startup_timeout, s.poll_interval)
 
     def _exchange(self, messages: Iterable[Message], server_round: int, kind: str) -> ExchangeResult:
         messages = list(messages)

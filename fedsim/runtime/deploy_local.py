@@ -17,7 +17,7 @@ from fedsim.runtime.environment import runtime_env
 from fedsim.runtime.process import ProcessSet, RuntimeFailure, free_port, wait_until
 from fedsim.runtime.supervise import ProgressFn, supervise
 
-APP_MODULE = "fedsim_fkge_app"
+APP_MODULE = "fedsim_components"
 
 
 def _bin(name: str) -> str:
@@ -37,8 +37,11 @@ def toml_string(value: str) -> str:
     return json.dumps(value, ensure_ascii=False)
 
 
-def write_app(app_dir: Path, run_config: dict[str, str]) -> Path:
+def write_app(app_dir: Path, run_config: dict[str, str], protocol: str = "fkge") -> Path:
     """A minimal Flower app (FAB source) whose components are fedsim's installed apps."""
+    from fedsim.runtime.apps import app_modules
+
+    client_module, server_module = app_modules(protocol)
     app_dir.mkdir(parents=True, exist_ok=True)
     config_lines = "\n".join(f"{k} = {toml_string(v)}" for k, v in run_config.items())
     (app_dir / "pyproject.toml").write_text(
@@ -47,9 +50,9 @@ requires = ["hatchling"]
 build-backend = "hatchling.build"
 
 [project]
-name = "fedsim-fkge-app"
+name = "fedsim-{protocol}-app"
 version = "1.0.0"
-description = "fedsim FKGE app (components come from the installed fedsim package)"
+description = "fedsim {protocol} app (components come from the installed fedsim package)"
 license = "Apache-2.0"
 dependencies = ["flwr==1.42.0"]
 
@@ -69,11 +72,11 @@ clientapp = "{APP_MODULE}:client"
         encoding="utf-8",
     )
     (app_dir / f"{APP_MODULE}.py").write_text(
-        '"""fedsim FKGE components, re-exported for Flower."""\n'
-        "import clients.fkge_app\n"
-        "import servers.fkge_app\n\n"
-        "client = clients.fkge_app.app\n"
-        "server = servers.fkge_app.app\n",
+        f'"""fedsim {protocol} components, re-exported for Flower."""\n'
+        f"import {client_module}\n"
+        f"import {server_module}\n\n"
+        f"client = {client_module}.app\n"
+        f"server = {server_module}.app\n",
         encoding="utf-8",
     )
     return app_dir
@@ -104,7 +107,7 @@ def run_deploy_local_job(run_dir: RunDir, cfg: ExperimentConfig, progress: Progr
     flwr_home = Path(env["FLWR_HOME"])
     port = free_port()
     write_flwr_config(flwr_home, f"127.0.0.1:{port}")
-    app_dir = write_app(run_dir.state / "app", server_run_config(cfg, run_dir))
+    app_dir = write_app(run_dir.state / "app", server_run_config(cfg, run_dir), cfg.protocol)
     procs = ProcessSet()
     try:
         link = procs.start(
@@ -122,7 +125,12 @@ def run_deploy_local_job(run_dir: RunDir, cfg: ExperimentConfig, progress: Progr
         nodes = []
         for pid in range(cfg.data.num_clients):
             node_config = f"partition-id={pid} num-partitions={cfg.data.num_clients}"
-            if cfg.data.data_dir:
+            if cfg.protocol == "opboost":  # each passive party reads only its own directory
+                from fedsim.opboost.pipeline import passive_dir
+
+                party = Path(cfg.opboost.party_root) / passive_dir(pid)
+                node_config += f" data-dir={toml_string(str(party))}"
+            elif cfg.data.data_dir:
                 node_config += f" data-dir={toml_string(cfg.data.data_dir)}"
             nodes.append(
                 procs.start(

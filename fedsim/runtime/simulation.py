@@ -102,18 +102,19 @@ def driver_main(run_dir_path: str) -> None:
     """Child-process entry: Ray, then Flower's run_simulation with fedsim's apps."""
     from flwr.simulation import run_simulation
 
-    from clients.fkge_app import app as client_app
-    from servers.fkge_app import make_server_app, server_run_config
+    from fedsim.runtime.apps import load_apps
+    from servers.fkge_app import server_run_config
 
     run_dir = RunDir(run_dir_path)
     apply_runtime_env(run_dir.state)
     cfg = from_dict(run_dir.read_json("config.json"))
+    client_module, server_module = load_apps(cfg.protocol)
     init_ray(cfg, run_dir)
-    server_app = make_server_app(server_run_config(cfg, run_dir))
+    server_app = server_module.make_server_app(server_run_config(cfg, run_dir))
     try:
         run_simulation(
             server_app=server_app,
-            client_app=client_app,
+            client_app=client_module.app,
             num_supernodes=cfg.data.num_clients,
             backend_name="ray",
             backend_config=backend_config(cfg),

@@ -2,7 +2,8 @@
 
 * :func:`dldp_ratio_bound` -- the guaranteed bound on ``log(P[o|x] / P[o|x'])``: Global ``t·ε``; Adj
   ``⌈t/θ⌉·eps_prt + θ·eps_ner`` (the paper's **ceil**; mpc4j's floor is not a valid bound, §2.2); Local ``t·ε``
-  inside a partition and ``+inf`` across partitions; k-RR / Piecewise ``ε`` for any ``x ≠ x'``.
+  inside a partition and ``+inf`` across partitions; k-RR / Piecewise ``ε`` for any ``x ≠ x'``. The real-valued
+  maps (:class:`GlobalMapReal`, :class:`LocalMapReal`, :class:`AdjMapReal`) have the same bounds with real ``t``.
 * :func:`worst_log_ratio` -- the actual worst case from the exact pmfs.
 * :class:`PartyLedger` -- one record per desensitized column. fedsim desensitizes once per column per fit; a
   repeated desensitization composes by summation (Thm B.1 / B.2) and must be asked for (``allow_repeat=True``).
@@ -12,20 +13,45 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
+from fractions import Fraction
 from typing import Any
 
 import numpy as np
 
-from fedsim.opboost.mechanisms import KRR, AdjMap, GlobalMap, GlobalMapReal, IntegerMechanism, LocalMap, Piecewise
+from fedsim.opboost.mechanisms import (
+    KRR,
+    AdjMap,
+    AdjMapReal,
+    GlobalMap,
+    GlobalMapReal,
+    IntegerMechanism,
+    LocalMap,
+    LocalMapReal,
+    Piecewise,
+    RealMechanism,
+)
 
 __all__ = ["ColumnSpend", "PartyLedger", "dldp_ratio_bound", "worst_log_ratio"]
 
 
-def dldp_ratio_bound(mechanism: IntegerMechanism | GlobalMapReal, x: float, x2: float) -> float:
+def dldp_ratio_bound(mechanism: IntegerMechanism | RealMechanism, x: float, x2: float) -> float:
     """Guaranteed upper bound on ``max_o |log(P[o|x] / P[o|x2])|`` for this mechanism."""
     if isinstance(mechanism, GlobalMapReal):
         xs = mechanism.validate(np.asarray([x, x2]))
         return float(abs(xs[0] - xs[1]) * mechanism.epsilon)
+    if isinstance(mechanism, (LocalMapReal, AdjMapReal)):
+        xs = mechanism.validate(np.asarray([x, x2]))
+        t = float(abs(xs[0] - xs[1]))
+        if t == 0.0:
+            return 0.0
+        k, k2 = (int(v) for v in mechanism.partition(xs))
+        if isinstance(mechanism, LocalMapReal):
+            return t * mechanism.epsilon if k == k2 else math.inf
+        # ⌈t/θ⌉ in exact rational arithmetic (a rounded x2 - x can drop a step at a partition edge); the max guards
+        # the float partition edges kθ used by the mechanism, for which |k - k2| is what the proof needs
+        exact_t = abs(Fraction(float(xs[0])) - Fraction(float(xs[1])))
+        steps = max(math.ceil(exact_t / Fraction(mechanism.theta)), abs(k - k2))
+        return steps * mechanism.eps_prt + mechanism.theta * mechanism.eps_ner
     a, b = (int(v) for v in mechanism.validate(np.asarray([x, x2])))
     t = abs(a - b)
     if t == 0:
@@ -63,12 +89,12 @@ class ColumnSpend:
     epsilon: float | None = None
     eps_prt: float | None = None
     eps_ner: float | None = None
-    theta: int | None = None
+    theta: float | None = None
     reveals_partition: bool = False
     count: int = 1
 
     @classmethod
-    def of(cls, column: str, mechanism: IntegerMechanism | GlobalMapReal) -> ColumnSpend:
+    def of(cls, column: str, mechanism: IntegerMechanism | RealMechanism) -> ColumnSpend:
         """Spend of one application of ``mechanism`` to ``column``."""
         priv = mechanism.privacy()
         return cls(
@@ -120,7 +146,7 @@ class PartyLedger:
     columns: dict[str, ColumnSpend] = field(default_factory=dict)
 
     def record(
-        self, column: str, mechanism: IntegerMechanism | GlobalMapReal, *, allow_repeat: bool = False
+        self, column: str, mechanism: IntegerMechanism | RealMechanism, *, allow_repeat: bool = False
     ) -> ColumnSpend:
         """Record one desensitization of ``column``; a repeat raises unless ``allow_repeat`` (then budgets add)."""
         spend = ColumnSpend.of(column, mechanism)

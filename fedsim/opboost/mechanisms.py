@@ -17,9 +17,20 @@ Conventions (§2.4):
 :class:`Piecewise` is the Wang et al. (ICDE'19) baseline with the formulas of §2.10 (``C = (e^{ε/2}+1)/(e^{ε/2}−1)``,
 centre piece w.p. ``e^{ε/2}/(e^{ε/2}+1)``), an ε-LDP mechanism; it has no pmf (continuous, then rounded).
 
-Real-valued variants: only :class:`GlobalMapReal` (truncated continuous Laplace, scale 2/ε, conditioned on
-``[l, u]``) is provided. The Local/Adj real-valued variants of mpc4j (``LocalMapRealLdp``, ``AdjMapRealLdp``) are
-**not** implemented here.
+Real-valued variants (mpc4j ``GlobalMapRealLdp``, ``LocalMapRealLdp``, ``AdjMapRealLdp``) replace the discrete
+exponential inside a range by the continuous Laplace conditioned on that range, and expose an exact ``density(o, x)``
+and ``cdf(o, x)``; they sample by closed-form inverse CDF of the truncated Laplace (shared helpers, no rejection):
+
+* :class:`GlobalMapReal` -- scale ``2/ε`` centred at ``x``, conditioned on ``[l, u]``; ε-dLDP.
+* :class:`LocalMapReal` -- scale ``2/ε`` centred at ``x``, conditioned on ``x``'s partition ``[kθ, (k+1)θ)``
+  (``k = ⌊x/θ⌋``, not intersected with ``[l, u]``); ε-dLDP inside a partition, partition number public.
+* :class:`AdjMapReal` -- partition ``k'`` from the discrete exponential ``∝ exp(-|k-k'|·eps_prt/2)`` over
+  ``{⌊l/θ⌋..⌊u/θ⌋}`` (closed-form CDF, inverse by binary search), then scale ``2/eps_ner`` conditioned on
+  ``[k'θ, (k'+1)θ)``, centred at the left edge (``k' > k``), the right edge (``k' < k``) or ``x`` (``k' = k``);
+  budget split :func:`adj_map_budget_real` (the §2.7 formula with ``n_part = ⌊(u-l)/θ⌋``).
+
+θ may be any positive real here; partitions are half-open, so outputs of the real Local/Adj maps lie in
+``[⌊l/θ⌋·θ, (⌊u/θ⌋+1)·θ)`` -- possibly outside ``[l, u]`` when an edge partition is partial, as for the integer maps.
 """
 
 from __future__ import annotations
@@ -33,13 +44,17 @@ from scipy.special import logsumexp
 __all__ = [
     "MECHANISMS",
     "AdjMap",
+    "AdjMapReal",
     "GlobalMap",
     "GlobalMapReal",
     "IntegerMechanism",
     "KRR",
     "LocalMap",
+    "LocalMapReal",
     "Piecewise",
+    "RealMechanism",
     "adj_map_budget",
+    "adj_map_budget_real",
     "make_mechanism",
 ]
 
@@ -71,6 +86,17 @@ def _check_bounds(l: Any, u: Any) -> tuple[int, int]:
     lo, hi = _check_int("l", l), _check_int("u", u)
     if lo >= hi:
         raise ValueError(f"bounds need l < u, got l={lo}, u={hi}")
+    return lo, hi
+
+
+def _check_real_bounds(l: Any, u: Any) -> tuple[float, float]:
+    """Validate finite real bounds with ``l < u``."""
+    try:
+        lo, hi = float(l), float(u)
+    except (TypeError, ValueError):
+        raise ValueError(f"bounds need finite l < u, got l={l!r}, u={u!r}") from None
+    if not (math.isfinite(lo) and math.isfinite(hi)) or lo >= hi:
+        raise ValueError(f"bounds need finite l < u, got l={l!r}, u={u!r}")
     return lo, hi
 
 
@@ -121,8 +147,30 @@ def adj_map_budget(l: int, u: int, theta: int, alpha: float, epsilon: float) -> 
     n_part = (hi - lo) // th
     if n_part < 1:
         raise ValueError(f"theta={th} must be <= u - l = {hi - lo} (Adj-map needs floor((u-l)/theta) >= 1)")
-    eps_ner = eps / (a + 1.0 / n_part)
-    return eps_ner, a * th * eps_ner
+    return _adj_split(n_part, th, a, eps)
+
+
+def _adj_split(n_part: int, theta: float, alpha: float, epsilon: float) -> tuple[float, float]:
+    """The §2.7 formula: ``eps_ner = ε / (α + 1/n_part)``, ``eps_prt = α·θ·eps_ner``."""
+    eps_ner = epsilon / (alpha + 1.0 / n_part)
+    return eps_ner, alpha * theta * eps_ner
+
+
+def adj_map_budget_real(l: float, u: float, theta: float, alpha: float, epsilon: float) -> tuple[float, float]:
+    """Real-valued Adj-map budget split: :func:`adj_map_budget`'s formula with ``n_part = ⌊(u−l)/θ⌋``, real θ."""
+    lo, hi = _check_real_bounds(l, u)
+    th = _check_positive("theta", theta)
+    a = _check_positive("alpha", alpha)
+    eps = _check_positive("epsilon", epsilon)
+    d = hi - lo
+    n_part = math.floor(d / th)
+    if (n_part + 1) * th <= d:  # floor against the float edges n·θ, as the partition numbers are
+        n_part += 1
+    elif n_part * th > d:
+        n_part -= 1
+    if n_part < 1:
+        raise ValueError(f"theta={th} must be <= u - l = {d} (Adj-map needs floor((u-l)/theta) >= 1)")
+    return _adj_split(n_part, th, a, eps)
 
 
 class IntegerMechanism:
@@ -437,17 +485,76 @@ class Piecewise(IntegerMechanism):
         return {"kind": "LDP", "epsilon": self.epsilon, "reveals_partition": False}
 
 
-class GlobalMapReal:
+# -- real-valued mechanisms ---------------------------------------------------------------------------------------
+def _laplace_cdf(o: np.ndarray, x: np.ndarray, b: float) -> np.ndarray:
+    """Untruncated Laplace CDF (centre ``x``, scale ``b``)."""
+    z = (o - x) / b
+    return np.where(z < 0, 0.5 * np.exp(np.minimum(z, 0.0)), 1.0 - 0.5 * np.exp(-np.maximum(z, 0.0)))
+
+
+def _trunc_laplace_cdf(o: np.ndarray, x: np.ndarray, lo: Any, hi: Any, b: float) -> np.ndarray:
+    """CDF at ``o`` of the Laplace (centre ``x``, scale ``b``) conditioned on ``[lo, hi]`` (broadcast)."""
+    f_lo, f_hi = _laplace_cdf(lo, x, b), _laplace_cdf(hi, x, b)
+    val = (_laplace_cdf(np.clip(o, lo, hi), x, b) - f_lo) / (f_hi - f_lo)
+    return np.clip(val, 0.0, 1.0)
+
+
+def _trunc_laplace_density(o: np.ndarray, x: np.ndarray, lo: Any, hi: Any, b: float, *, open_hi: bool) -> np.ndarray:
+    """Density at ``o`` of the Laplace conditioned on ``[lo, hi]`` (``[lo, hi)`` if ``open_hi``); 0 outside."""
+    mass = _laplace_cdf(hi, x, b) - _laplace_cdf(lo, x, b)
+    dens = np.exp(-np.abs(o - x) / b) / (2.0 * b) / mass
+    inside = (o >= lo) & ((o < hi) if open_hi else (o <= hi))
+    return np.where(inside, dens, 0.0)
+
+
+def _trunc_laplace_inverse(w: np.ndarray, x: np.ndarray, lo: Any, hi: Any, b: float, top: Any) -> np.ndarray:
+    """Closed-form inverse CDF of the conditioned Laplace at uniforms ``w`` ∈ [0, 1), clipped to ``[lo, top]``."""
+    f_lo, f_hi = _laplace_cdf(lo, x, b), _laplace_cdf(hi, x, b)
+    p = f_lo + w * (f_hi - f_lo)
+    with np.errstate(divide="ignore"):
+        o = np.where(p < 0.5, x + b * np.log(2.0 * p), x - b * np.log(2.0 * (1.0 - p)))
+    return np.clip(o, lo, top)
+
+
+class _RealMechanism:
+    """Base of the real-valued mechanisms: finite bounds ``l < u`` and input validation."""
+
+    name: str = ""
+
+    def __init__(self, l: float, u: float) -> None:
+        """Validate finite ``l < u``."""
+        self.l, self.u = _check_real_bounds(l, u)
+
+    @property
+    def params(self) -> dict[str, Any]:
+        """Constructor parameters (JSON-able)."""
+        raise NotImplementedError
+
+    def validate(self, values: Any) -> np.ndarray:
+        """Return ``values`` as floats in ``[l, u]`` or raise ValueError naming the first bad value."""
+        try:
+            arr = np.asarray(values, dtype=float)
+        except (TypeError, ValueError):
+            raise ValueError(f"values must be real numbers, got {values!r}") from None
+        bad = ~np.isfinite(arr) | (arr < self.l) | (arr > self.u)
+        if bad.any():
+            raise ValueError(f"value {float(arr[bad].flat[0])!r} outside the domain [{self.l}, {self.u}]")
+        return arr
+
+    def __repr__(self) -> str:
+        """Readable representation with the parameters."""
+        args = ", ".join(f"{k}={v!r}" for k, v in self.params.items())
+        return f"{type(self).__name__}({args})"
+
+
+class GlobalMapReal(_RealMechanism):
     """Real-valued Global-map: continuous Laplace (scale ``b = 2/ε``) centred at ``x``, conditioned on ``[l, u]``."""
 
     name = "global-map-real"
 
     def __init__(self, l: float, u: float, epsilon: float) -> None:
         """Validate finite ``l < u`` and ``epsilon > 0``."""
-        lo, hi = float(l), float(u)
-        if not (math.isfinite(lo) and math.isfinite(hi)) or lo >= hi:
-            raise ValueError(f"bounds need finite l < u, got l={l!r}, u={u!r}")
-        self.l, self.u = lo, hi
+        super().__init__(l, u)
         self.epsilon = _check_positive("epsilon", epsilon)
         self.b = 2.0 / self.epsilon
 
@@ -456,42 +563,20 @@ class GlobalMapReal:
         """Constructor parameters."""
         return {"l": self.l, "u": self.u, "epsilon": self.epsilon}
 
-    def validate(self, values: Any) -> np.ndarray:
-        """Return ``values`` as floats in ``[l, u]`` or raise ValueError naming the first bad value."""
-        arr = np.asarray(values, dtype=float)
-        bad = ~np.isfinite(arr) | (arr < self.l) | (arr > self.u)
-        if bad.any():
-            raise ValueError(f"value {float(arr[bad].flat[0])!r} outside the domain [{self.l}, {self.u}]")
-        return arr
-
-    def _laplace_cdf(self, o: np.ndarray, x: np.ndarray) -> np.ndarray:
-        """Untruncated Laplace CDF."""
-        z = (o - x) / self.b
-        return np.where(z < 0, 0.5 * np.exp(np.minimum(z, 0.0)), 1.0 - 0.5 * np.exp(-np.maximum(z, 0.0)))
-
     def cdf(self, o: Any, x: Any) -> np.ndarray:
         """CDF of the output at ``o`` given input ``x``."""
         o, x = np.broadcast_arrays(np.asarray(o, dtype=float), self.validate(x))
-        lo, hi = self._laplace_cdf(np.full_like(x, self.l), x), self._laplace_cdf(np.full_like(x, self.u), x)
-        val = (self._laplace_cdf(np.clip(o, self.l, self.u), x) - lo) / (hi - lo)
-        return np.clip(val, 0.0, 1.0)
+        return _trunc_laplace_cdf(o, x, self.l, self.u, self.b)
 
     def density(self, o: Any, x: Any) -> np.ndarray:
         """Exact density ``∝ exp(-|x-o|·ε/2)`` on ``[l, u]`` (0 outside)."""
         o, x = np.broadcast_arrays(np.asarray(o, dtype=float), self.validate(x))
-        mass = self._laplace_cdf(np.full_like(x, self.u), x) - self._laplace_cdf(np.full_like(x, self.l), x)
-        dens = np.exp(-np.abs(o - x) / self.b) / (2.0 * self.b) / mass
-        return np.where((o >= self.l) & (o <= self.u), dens, 0.0)
+        return _trunc_laplace_density(o, x, self.l, self.u, self.b, open_hi=False)
 
     def sample(self, values: Any, rng: np.random.Generator) -> np.ndarray:
         """Closed-form inverse-CDF sampling of the truncated Laplace (vectorised)."""
         x = self.validate(values)
-        lo = self._laplace_cdf(np.full_like(x, self.l), x)
-        hi = self._laplace_cdf(np.full_like(x, self.u), x)
-        p = lo + rng.random(x.shape) * (hi - lo)
-        with np.errstate(divide="ignore"):
-            o = np.where(p < 0.5, x + self.b * np.log(2.0 * p), x - self.b * np.log(2.0 * (1.0 - p)))
-        return np.clip(o, self.l, self.u)
+        return _trunc_laplace_inverse(rng.random(x.shape), x, self.l, self.u, self.b, self.u)
 
     def output_range(self) -> tuple[float, float]:
         """Outputs stay in ``[l, u]``."""
@@ -501,9 +586,183 @@ class GlobalMapReal:
         """ε-dLDP."""
         return {"kind": "dLDP", "epsilon": self.epsilon, "reveals_partition": False}
 
-    def __repr__(self) -> str:
-        """Readable representation."""
-        return f"GlobalMapReal(l={self.l!r}, u={self.u!r}, epsilon={self.epsilon!r})"
+
+class _RealPartitionMechanism(_RealMechanism):
+    """Shared real partition arithmetic: half-open partitions ``[kθ, (k+1)θ)`` of width θ aligned at 0."""
+
+    def __init__(self, l: float, u: float, theta: float) -> None:
+        """Validate bounds and ``theta > 0``."""
+        super().__init__(l, u)
+        self.theta = _check_positive("theta", theta)
+        k = self._partition(np.asarray([self.l, self.u]))
+        self.k_lo, self.k_hi = int(k[0]), int(k[1])
+
+    def _partition(self, v: np.ndarray) -> np.ndarray:
+        """``⌊v/θ⌋`` as an integer-valued float array, consistent with the float edges ``kθ``, ``(k+1)θ``."""
+        k = np.floor(v / self.theta)
+        k = k - (v < k * self.theta)
+        return k + (v >= (k + 1.0) * self.theta)
+
+    def partition(self, values: Any) -> np.ndarray:
+        """Partition numbers ``⌊x/θ⌋`` (int64) of validated inputs."""
+        return self._partition(self.validate(values)).astype(np.int64)
+
+    def _edges(self, k: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``(kθ, (k+1)θ, largest float below (k+1)θ)`` for integer-valued float ``k``."""
+        hi = (k + 1.0) * self.theta
+        return k * self.theta, hi, np.nextafter(hi, -np.inf)
+
+    def output_range(self) -> tuple[float, float]:
+        """``(⌊l/θ⌋·θ, (⌊u/θ⌋+1)·θ)``; the upper end is not attained (half-open partitions), and the range may
+        exceed ``[l, u]`` when an edge partition is partial."""
+        return self.k_lo * self.theta, (self.k_hi + 1.0) * self.theta
+
+
+class LocalMapReal(_RealPartitionMechanism):
+    """Real-valued Local-map (§2.6): continuous Laplace (scale ``2/ε``) centred at ``x`` conditioned on ``x``'s
+    partition ``[kθ, (k+1)θ)``, ``k = ⌊x/θ⌋``.
+
+    The partition is not intersected with ``[l, u]``: for a partial edge partition the output can leave ``[l, u]``
+    (``[0, 10]``, θ = 4: ``x = 10`` maps into ``[8, 12)``). ε-dLDP inside a partition; across partitions the
+    outputs have disjoint supports, so the partition number is public.
+    """
+
+    name = "local-map-real"
+
+    def __init__(self, l: float, u: float, theta: float, epsilon: float) -> None:
+        """Validate finite ``l < u``, ``theta > 0`` and ``epsilon > 0``."""
+        super().__init__(l, u, theta)
+        self.epsilon = _check_positive("epsilon", epsilon)
+        self.b = 2.0 / self.epsilon
+
+    @property
+    def params(self) -> dict[str, Any]:
+        """Constructor parameters."""
+        return {"l": self.l, "u": self.u, "theta": self.theta, "epsilon": self.epsilon}
+
+    def cdf(self, o: Any, x: Any) -> np.ndarray:
+        """Exact CDF of the output at ``o`` given input ``x`` (0 below ``x``'s partition, 1 above)."""
+        o, x = np.broadcast_arrays(np.asarray(o, dtype=float), self.validate(x))
+        lo, hi, _ = self._edges(self._partition(x))
+        return _trunc_laplace_cdf(o, x, lo, hi, self.b)
+
+    def density(self, o: Any, x: Any) -> np.ndarray:
+        """Exact density ``∝ exp(-|x-o|·ε/2)`` on ``[kθ, (k+1)θ)`` (0 elsewhere)."""
+        o, x = np.broadcast_arrays(np.asarray(o, dtype=float), self.validate(x))
+        lo, hi, _ = self._edges(self._partition(x))
+        return _trunc_laplace_density(o, x, lo, hi, self.b, open_hi=True)
+
+    def sample(self, values: Any, rng: np.random.Generator) -> np.ndarray:
+        """Closed-form inverse-CDF sampling inside each input's partition (vectorised, same shape)."""
+        x = self.validate(values)
+        lo, hi, top = self._edges(self._partition(x))
+        return _trunc_laplace_inverse(rng.random(x.shape), x, lo, hi, self.b, top)
+
+    def privacy(self) -> dict[str, Any]:
+        """ε inside a partition; the partition number is published."""
+        return {"kind": "partition-public", "epsilon": self.epsilon, "theta": self.theta, "reveals_partition": True}
+
+
+class AdjMapReal(_RealPartitionMechanism):
+    """Real-valued Adj-map (§2.7): partition ``k'`` with eps_prt, then a continuous Laplace (scale ``2/eps_ner``)
+    conditioned on ``[k'θ, (k'+1)θ)`` and centred at the edge facing ``x`` (or at ``x`` when ``k' = k``).
+
+    ``P[k'|k] ∝ exp(-|k-k'|·eps_prt/2)`` over ``k' ∈ {⌊l/θ⌋..⌊u/θ⌋}`` (closed-form geometric sums). Outputs can
+    leave ``[l, u]`` when an edge partition is partial (see :meth:`output_range`).
+    """
+
+    name = "adj-map-real"
+
+    def __init__(self, l: float, u: float, theta: float, alpha: float, epsilon: float) -> None:
+        """Validate parameters and split ε into ``eps_ner`` and ``eps_prt`` (:func:`adj_map_budget_real`)."""
+        super().__init__(l, u, theta)
+        self.alpha = _check_positive("alpha", alpha)
+        self.epsilon = _check_positive("epsilon", epsilon)
+        self.eps_ner, self.eps_prt = adj_map_budget_real(self.l, self.u, self.theta, self.alpha, self.epsilon)
+        self.b = 2.0 / self.eps_ner
+
+    @property
+    def params(self) -> dict[str, Any]:
+        """Constructor parameters."""
+        return {"l": self.l, "u": self.u, "theta": self.theta, "alpha": self.alpha, "epsilon": self.epsilon}
+
+    # -- step 1: the partition ------------------------------------------------------------------------------------
+    def _log_norm(self, k: np.ndarray) -> np.ndarray:
+        """``log Σ_{j=k_lo}^{k_hi} q^{|k-j|}``, ``q = exp(-eps_prt/2)``."""
+        s = self.eps_prt / 2.0
+        tails = (-np.expm1(-s * (k - self.k_lo)) - np.expm1(-s * (self.k_hi - k))) / math.expm1(s)
+        return np.log1p(tails)
+
+    def _part_cdf(self, m: np.ndarray, k: np.ndarray) -> np.ndarray:
+        """Exact ``P[k' ≤ m | k]`` for integer-valued ``m ∈ [k_lo - 1, k_hi]`` (closed-form geometric sums)."""
+        s = self.eps_prt / 2.0
+        geo = -math.expm1(-s)  # 1 - q
+        z = np.exp(self._log_norm(k))
+        # exponents clamped to ≥ 1 so that the branch np.where discards cannot overflow
+        below = np.exp(-s * np.maximum(k - m, 1.0)) * -np.expm1(-s * (m - self.k_lo + 1)) / geo  # Σ_{k_lo..m}, m < k
+        above = z - np.exp(-s * np.maximum(m + 1 - k, 1.0)) * -np.expm1(-s * (self.k_hi - m)) / geo  # m ≥ k
+        return np.clip(np.where(m < k, below, above) / z, 0.0, 1.0)
+
+    def _part_log_pmf(self, kp: np.ndarray, k: np.ndarray) -> np.ndarray:
+        """Exact ``log P[k' | k]``."""
+        return -np.abs(k - kp) * (self.eps_prt / 2.0) - self._log_norm(k)
+
+    def _sample_partition(self, k: np.ndarray, w: np.ndarray) -> np.ndarray:
+        """Inverse CDF: the smallest ``m`` with ``P[k' ≤ m | k] > w`` (vectorised binary search, no tables)."""
+        lo = np.full(k.shape, float(self.k_lo))
+        hi = np.full(k.shape, float(self.k_hi))
+        while True:
+            active = lo < hi
+            if not active.any():
+                return lo
+            mid = np.floor((lo + hi) / 2.0)
+            right = active & (self._part_cdf(mid, k) <= w)
+            lo = np.where(right, mid + 1.0, lo)
+            hi = np.where(active & ~right, mid, hi)
+
+    # -- step 2: inside the partition -----------------------------------------------------------------------------
+    def _anchor(self, kp: np.ndarray, k: np.ndarray, x: np.ndarray) -> np.ndarray:
+        """Left edge if ``k' > k``, right edge if ``k' < k``, else ``x``."""
+        return np.where(kp > k, kp * self.theta, np.where(kp < k, (kp + 1.0) * self.theta, x))
+
+    def density(self, o: Any, x: Any) -> np.ndarray:
+        """Exact density ``P[k'(o)|k] · f(o | anchor, [k'θ, (k'+1)θ))`` (0 outside :meth:`output_range`)."""
+        o, x = np.broadcast_arrays(np.asarray(o, dtype=float), self.validate(x))
+        k = self._partition(x)
+        kp = np.clip(self._partition(o), self.k_lo, self.k_hi)
+        lo, hi, _ = self._edges(kp)
+        inner = _trunc_laplace_density(o, self._anchor(kp, k, x), lo, hi, self.b, open_hi=True)
+        return np.exp(self._part_log_pmf(kp, k)) * inner
+
+    def cdf(self, o: Any, x: Any) -> np.ndarray:
+        """Exact CDF: ``P[k' < k'(o)|k] + P[k'(o)|k] · F(o | anchor, partition)``; 0 / 1 outside the range."""
+        o, x = np.broadcast_arrays(np.asarray(o, dtype=float), self.validate(x))
+        k = self._partition(x)
+        kp = np.clip(self._partition(o), self.k_lo, self.k_hi)
+        lo, hi, _ = self._edges(kp)
+        inner = _trunc_laplace_cdf(o, self._anchor(kp, k, x), lo, hi, self.b)
+        val = self._part_cdf(kp - 1.0, k) + np.exp(self._part_log_pmf(kp, k)) * inner
+        range_lo, range_hi = self.output_range()
+        return np.where(o < range_lo, 0.0, np.where(o >= range_hi, 1.0, np.clip(val, 0.0, 1.0)))
+
+    def sample(self, values: Any, rng: np.random.Generator) -> np.ndarray:
+        """Two inverse-CDF steps per value (partition, then truncated Laplace), vectorised, same shape."""
+        x = self.validate(values)
+        w = rng.random((2, *x.shape))
+        k = self._partition(x)
+        kp = self._sample_partition(k, w[0])
+        lo, hi, top = self._edges(kp)
+        return _trunc_laplace_inverse(w[1], self._anchor(kp, k, x), lo, hi, self.b, top)
+
+    def privacy(self) -> dict[str, Any]:
+        """(eps_prt, eps_ner)-partition-dLDP with partition length θ."""
+        return {
+            "kind": "partition-dLDP",
+            "eps_prt": self.eps_prt,
+            "eps_ner": self.eps_ner,
+            "theta": self.theta,
+            "reveals_partition": False,
+        }
 
 
 MECHANISMS: dict[str, type] = {
@@ -513,10 +772,14 @@ MECHANISMS: dict[str, type] = {
     "krr": KRR,
     "piecewise": Piecewise,
     "global-map-real": GlobalMapReal,
+    "local-map-real": LocalMapReal,
+    "adj-map-real": AdjMapReal,
 }
 
+RealMechanism = GlobalMapReal | LocalMapReal | AdjMapReal
 
-def make_mechanism(name: str, **kwargs: Any) -> IntegerMechanism | GlobalMapReal:
+
+def make_mechanism(name: str, **kwargs: Any) -> IntegerMechanism | RealMechanism:
     """Build a mechanism by registry name (see :data:`MECHANISMS`)."""
     try:
         cls = MECHANISMS[name]

@@ -152,6 +152,8 @@ class OpBoostOutcome:
     bytes_down: dict[str, int] = field(default_factory=dict)  # per passive party: split requests + thresholds
     ledgers: dict[str, Any] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
+    # what the active party received, per passive party: dense ranks, requested split ranks, split values
+    transcript: dict[str, list[dict[str, np.ndarray]]] = field(default_factory=dict)
 
 
 def run_in_process(
@@ -204,6 +206,7 @@ def run_in_process(
     return OpBoostOutcome(
         active=active, pred_train=preds["train"], pred_test=preds["test"], metrics=metrics,
         bytes_up=up, bytes_down=down, ledgers={p.name: p.ledger.report() for p in passives},
+        transcript={"ranks": ranks, "requests": requests, "values": answers},
         seconds={"desensitize": t_desens - t0, "train": t_train - t_desens, "split_values": t_rewrite - t_train,
                  "inference": t_end - t_rewrite, "total": t_end - t0},
     )

@@ -1,5 +1,5 @@
-"""An in-process Grid that delivers messages to the real FKGE ClientApp handlers (no Ray, no
-network), with per-node reply tampering for bad-input tests."""
+"""An in-process Grid that delivers messages to real ClientApp handlers (FKGE by default; no Ray,
+no network), with per-node reply tampering for bad-input tests."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import itertools
 from collections.abc import Callable, Iterable
 
 import pytest
-from flwr.app import Context, Message, RecordDict
+from flwr.app import Context, Error, Message, RecordDict
 from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
@@ -29,12 +29,23 @@ def set_task_identity(monkeypatch: pytest.MonkeyPatch) -> None:
 class InProcessGrid(Grid):
     """Runs each node's ClientApp handler synchronously at push time."""
 
-    def __init__(self, num_nodes: int, first_node_id: int = 100) -> None:
+    def __init__(
+        self,
+        num_nodes: int,
+        first_node_id: int = 100,
+        handlers: dict[str, Callable[[Message, Context], Message]] | None = None,
+        errors_as_replies: bool = False,
+        node_config: Callable[[int], dict] | None = None,
+    ) -> None:
+        """`handlers` by message type (default: FKGE's); with `errors_as_replies` a raising handler
+        gives an error reply (as Flower's runtimes do) instead of raising into the test."""
         self._run = Run.create_empty(RUN_ID)
+        self.handlers = handlers or HANDLERS
+        self.errors_as_replies = errors_as_replies
         self.contexts = {
             first_node_id + i: Context(
                 run_id=RUN_ID, node_id=first_node_id + i,
-                node_config={"partition-id": i, "num-partitions": num_nodes},
+                node_config={"partition-id": i, "num-partitions": num_nodes, **(node_config(i) if node_config else {})},
                 state=RecordDict(), run_config={},
             )
             for i in range(num_nodes)
@@ -66,7 +77,12 @@ class InProcessGrid(Grid):
             ids.append(msg_id)
             if node in self.silent:
                 continue
-            reply = HANDLERS[msg.metadata.message_type](msg, self.contexts[node])
+            try:
+                reply = self.handlers[msg.metadata.message_type](msg, self.contexts[node])
+            except Exception as err:
+                if not self.errors_as_replies:
+                    raise
+                reply = Message(Error(code=0, reason=f"{type(err).__name__}: {err}"), reply_to=msg)
             if node in self.tamper:
                 reply = self.tamper[node](msg, reply)
             reply.metadata.__dict__["_message_id"] = f"r{msg_id}"

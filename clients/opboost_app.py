@@ -92,6 +92,11 @@ def ranks(msg: Message, context: Context) -> Message:
     context.state.array_records[STATE_VALUES] = P.column_record(names, party.value_of_rank)
     report = party.ledger.report()
     report["noise_seed"] = cfg.opboost.noise_seed
+    if cfg.opboost.noise_seed == "config":
+        report["warnings"].append("noise seeded from the shared config: the active party can regenerate the noise")
+    report["bounds"] = cfg.opboost.bounds
+    if cfg.opboost.bounds == "data":
+        report["warnings"].append("bounds taken from the training data: their min/max are not protected")
     content = RecordDict({"ranks": P.column_record(names, ranks), "ledger": ConfigRecord({"report": json.dumps(report)})})
     return Message(content, reply_to=msg)
 

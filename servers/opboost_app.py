@@ -4,6 +4,7 @@ passive parties reached only through the Message API (opboost.md §3), every exc
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -39,6 +40,7 @@ class OpBoostServer:
         self.columns: list[list[str]] = []
         self.traffic: dict[int, dict[str, dict[str, int]]] = {}  # node id -> step -> {"up", "down"} bytes
         self.seconds: dict[str, float] = {}
+        self.processes: dict[str, int] = {}  # party -> process id that answered its schema query
 
     def _exchange(self, step: str, contents: dict[int, RecordDict], split: str | None = None) -> dict[int, Message]:
         """Send one message per passive party (by partition id); all must answer (the protocol needs every column)."""
@@ -77,8 +79,10 @@ class OpBoostServer:
         self.node_of = {i: node for i, node in enumerate(node_ids)}  # provisional, replaced by reported ids
         replies = self._exchange(P.SCHEMA, {i: _copy(content) for i in self.node_of})
         node_of, columns, owner = {}, {}, {name: "the active party" for name in self.active.table.names}
+        self.processes = {}
         for msg in replies.values():
             pid, names, _kinds = P.read_schema(msg)
+            self.processes[passive_dir(pid)] = int(msg.content.config_records["schema"].get("process-id", -1))
             if pid in node_of:
                 raise ValueError(f"two nodes report partition-id {pid}")
             node_of[pid] = msg.metadata.src_node_id
@@ -128,6 +132,7 @@ class OpBoostServer:
             "bytes": self.bytes_per_party(), "seconds": self.seconds, "privacy": ledgers,
             "num_train": int(table.ids("train").size), "num_test": int(table.ids("test").size),
             "params": self.active.params, "num_trees": self.active.num_rounds,
+            "processes": {"active": os.getpid(), **self.processes},
         }
 
 

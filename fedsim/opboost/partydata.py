@@ -147,8 +147,9 @@ def column_bounds(
 
 
 def _data_bounds(column: np.ndarray) -> Bounds:
-    b = bounds_from_data(column)
-    return b if b.lower < b.upper else Bounds(b.lower, b.lower + 1.0)  # a constant column still gets a domain
+    """min/max of the data (a constant column gets [c, c + 1])."""
+    lo, hi = float(np.min(column)), float(np.max(column))
+    return bounds_from_data(column) if lo < hi else Bounds(lo, lo + 1.0)
 
 
 # ------------------------------------------------------------------------------------------------------------------

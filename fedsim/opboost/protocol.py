@@ -19,6 +19,7 @@ down message carries ``server-round`` = the step number (1–5), which the recor
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 
 import numpy as np
@@ -63,9 +64,9 @@ def config_value(msg: Message, record: str, key: str) -> Any:
 
 
 def schema_record(partition_id: int, schema: list[dict[str, str]]) -> ConfigRecord:
-    """A passive party's schema reply."""
+    """A passive party's schema reply (with the answering process's id, so runs can show where parties ran)."""
     return ConfigRecord({"partition-id": int(partition_id), "names": json.dumps([c["name"] for c in schema]),
-                         "kinds": json.dumps([c["kind"] for c in schema])})
+                         "kinds": json.dumps([c["kind"] for c in schema]), "process-id": os.getpid()})
 
 
 def read_schema(msg: Message) -> tuple[int, list[str], list[str]]:

@@ -1,4 +1,4 @@
-"""The `fedsim` command line: run, list, verify, attack, campaign, sweep, bench."""
+"""The `fedsim` command line: run, list, verify, attack, campaign, sweep, opboost, bench."""
 
 from __future__ import annotations
 
@@ -234,6 +234,22 @@ def cmd_campaign(args: argparse.Namespace) -> int:
     return 0 if summary["failed"] == 0 else 1
 
 
+def cmd_opboost_split(args: argparse.Namespace) -> int:
+    """Write one party directory per OpBoost party (to copy onto each party's machine)."""
+    from fedsim.opboost.pipeline import prepare_parties
+
+    cfg = load_config(args.config, list(args.set or []))
+    if cfg.protocol != "opboost":
+        raise ConfigError(f"{args.config}: protocol is {cfg.protocol!r}, not 'opboost'")
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()):
+        raise FileExistsError(f"{out} exists and is not empty; choose another --out")
+    for name, path in prepare_parties(cfg, out).items():
+        print(f"{name:<12}{path}")
+    print(f"run with: fedsim run {args.config} --set opboost.party_root={out.resolve()}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fedsim", description="Federated-learning simulations for privacy research")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -281,6 +297,14 @@ def build_parser() -> argparse.ArgumentParser:
     camp.add_argument("campaign", help="campaign TOML file or shipped campaign name (umls-small, fb15k237-paper)")
     camp.add_argument("--out", help="campaign directory (default runs/campaign-<name>)")
     camp.set_defaults(func=cmd_campaign)
+
+    opb = sub.add_parser("opboost", help="OpBoost tools: party directories, the Table 6 reproduction")
+    opb_sub = opb.add_subparsers(dest="opboost_command", required=True)
+    split = opb_sub.add_parser("split", help="write one directory per party (own columns only) from a data set")
+    split.add_argument("config", help="OpBoost preset or config file (e.g. opboost-adult)")
+    split.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key")
+    split.add_argument("--out", required=True, help="directory to create: active/ and passive-K/ inside")
+    split.set_defaults(func=cmd_opboost_split)
 
     bench = sub.add_parser("bench", help="run a benchmark and print/write its JSON")
     bench.add_argument("name")

@@ -221,14 +221,43 @@ class IntegerMechanism:
         keep = np.isfinite(lp)
         return out[keep], np.exp(lp[keep])
 
+    def _domain_tables(self) -> tuple[np.ndarray, np.ndarray]:
+        """CDF rows of every input ``l..u`` (flattened, row-major, last column exactly 1) and a guide table
+        (Chen 1974): ``guide[r, k]`` = first column whose CDF exceeds ``k / n_out``. Cached per mechanism."""
+        cached = getattr(self, "_domain_tables_cache", None)
+        if cached is None:
+            n_out = self._outputs().size
+            cdf = np.cumsum(np.exp(self._log_pmf_rows(np.arange(self.l, self.u + 1, dtype=np.int64))), axis=1)
+            cdf /= cdf[:, -1:]
+            cdf[:, -1] = 1.0
+            levels = np.arange(n_out, dtype=np.float64) / n_out
+            guide = np.stack([np.searchsorted(row, levels, side="right") for row in cdf]).astype(np.int64)
+            cached = (cdf.ravel(), guide.ravel())
+            self._domain_tables_cache = cached
+        return cached
+
     def sample(self, values: Any, rng: np.random.Generator) -> np.ndarray:
-        """Desensitize ``values`` (same shape) by inverse CDF over exact per-input CDF rows."""
+        """Desensitize ``values`` (same shape) by inverse CDF over exact per-input CDF rows: the first output
+        whose CDF exceeds a uniform ``u``. Small domains use a guide table over the whole domain (about one
+        comparison per value, no sort); large ones a binary search over the distinct inputs' rows."""
         arr = self.validate(values)
         flat = arr.ravel()
         result = np.empty(flat.shape, dtype=np.int64)
         if flat.size == 0:
             return result.reshape(arr.shape)
         outputs = self._outputs()
+        n_out = outputs.size
+        n_in = self.u - self.l + 1
+        if n_in * n_out <= _MAX_TABLE_ENTRIES and flat.size >= n_in:
+            cdf, guide = self._domain_tables()
+            u = rng.random(flat.size)
+            base = (flat - self.l) * n_out
+            pos = base + guide[base + (u * n_out).astype(np.int64)]
+            todo = np.flatnonzero(cdf[pos] <= u)
+            while todo.size:  # guide entries start at or before the answer; rows end at CDF 1 > u
+                pos[todo] += 1
+                todo = todo[cdf[pos[todo]] <= u[todo]]
+            return outputs[pos - base].reshape(arr.shape)
         uniq, inv = np.unique(flat, return_inverse=True)
         u = rng.random(flat.size)
         chunk = max(1, _MAX_TABLE_ENTRIES // outputs.size)

@@ -22,10 +22,11 @@ def _register_builtins() -> None:
     from attacks.cia import ClientActiveInference
     from attacks.cip import ClientPassiveInference, ClientPassiveInferenceCode
     from attacks.fedr import Reconstruction
+    from attacks.opboost_reconstruct import OpBoostReconstruction
     from attacks.sia import ServerInference
 
     for cls in (ServerInference, ClientPassiveInference, ClientPassiveInferenceCode, ClientActiveInference,
-                Reconstruction):
+                Reconstruction, OpBoostReconstruction):
         ATTACKS.add(cls.name, cls, cls.__doc__ or "")
 
 

@@ -72,6 +72,9 @@ class Attack:
     level: ClassVar[str]  # candidate level: "link" or "triple"
     citation: ClassVar[str]
     defaults: ClassVar[dict[str, Any]] = {}  # parameters and their defaults
+    # "membership": scores candidates per round (`score`); "reconstruction": estimates a victim's private values
+    # once per run (`reconstruct`), any protocol (e.g. OpBoost)
+    kind: ClassVar[str] = "membership"
 
     def __init__(self, **params: Any) -> None:
         unknown = sorted(set(params) - set(self.defaults))
@@ -86,7 +89,7 @@ class Attack:
     @classmethod
     def describe(cls) -> dict[str, Any]:
         return {"name": cls.name, "threat_model": str(cls.threat_model), "requires": list(cls.requires),
-                "level": cls.level, "parameters": dict(cls.defaults), "citation": cls.citation}
+                "level": cls.level, "parameters": dict(cls.defaults), "citation": cls.citation, "kind": cls.kind}
 
     # -- hooks -------------------------------------------------------------------------------
     def sweep(self) -> Sweep | None:
@@ -104,6 +107,11 @@ class Attack:
                                canaries=view.cfg.attack.canaries)
 
     def score(self, view: RunView, setup: AttackSetup, rnd: int) -> Scored:
+        raise NotImplementedError
+
+    def reconstruct(self, view: RunView, victim: int | None) -> dict[str, Any]:
+        """Reconstruction attacks: ``{"results": [one row per victim], ...}`` for the whole run (victim None: every
+        party it can attack); MissingRecords when the run lacks what the attack reads."""
         raise NotImplementedError
 
 

@@ -54,6 +54,9 @@ def attack_run(
     """Results of `attack` on the run, one row per round (default: the last round), with ROC arrays."""
     view = RunView(run_dir) if isinstance(run_dir, (str, os.PathLike)) else run_dir
     atk = attack if isinstance(attack, Attack) else make_attack(attack, **(params or {}))
+    if atk.kind == "reconstruction":  # no rounds, candidates or membership game: one evaluation of the whole run
+        return {"run_dir": str(view.path), "kind": atk.kind, "attack": atk.describe(), "parameters": atk.params,
+                "setup": {"victim": victim}, **atk.reconstruct(view, victim)}
     cfg = view.cfg
     setup = AttackSetup(
         victim=cfg.attack.victim if victim is None else int(victim),

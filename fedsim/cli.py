@@ -305,6 +305,11 @@ def build_parser() -> argparse.ArgumentParser:
     split.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key")
     split.add_argument("--out", required=True, help="directory to create: active/ and passive-K/ inside")
     split.set_defaults(func=cmd_opboost_split)
+    from fedsim.opboost import experiments
+
+    table6 = opb_sub.add_parser("table6", help="reproduce the paper's Appendix Table 6 (ratio to the raw model)")
+    experiments.add_arguments(table6)
+    table6.set_defaults(func=experiments.run_from_args)
 
     bench = sub.add_parser("bench", help="run a benchmark and print/write its JSON")
     bench.add_argument("name")

@@ -114,6 +114,11 @@ class Attack:
         party it can attack); MissingRecords when the run lacks what the attack reads."""
         raise NotImplementedError
 
+    @staticmethod
+    def summary_line(row: dict[str, Any]) -> str:
+        """One printable line of a reconstruction result row."""
+        return ", ".join(f"{k} {v}" for k, v in row.items() if isinstance(v, (int, float, str)))
+
 
 def top_fraction_sweep(params: dict[str, Any]) -> Sweep:
     """Predict the top m * |members| as members, m = m_start + i * m_step (the authors' SIA sweep)."""

@@ -115,8 +115,9 @@ def split_intervals(msg: Message, context: Context) -> Message:
     """Inference: per column, how many of its thresholds each row's own value reaches (one bit per split node)."""
     party, _, _ = _party(context)
     split = str(P.config_value(msg, "config", "split"))
-    if split not in ("train", "test"):
-        raise ValueError(f"unknown split {split!r}")
+    if split not in P.INFERENCE_SPLITS:
+        raise ValueError(f"refusing split intervals for {split!r} rows: only new rows ({', '.join(P.INFERENCE_SPLITS)}) "
+                         "are evaluated across parties (training rows' intervals would reveal their raw values)")
     thresholds = P.read_columns(msg, "thresholds", party.table.names)
     intervals = party.split_intervals(thresholds, split)
     return Message(RecordDict({"intervals": P.column_record(party.table.names, intervals)}), reply_to=msg)

@@ -197,6 +197,16 @@ def cmd_attack(args: argparse.Namespace) -> int:
             print(f"{name:6s} {info['threat_model']:16s} needs {', '.join(info['requires'])}; params {info['parameters']}")
         return 0 if args.list else 2
     view = RunView(args.run_dir)
+    attack_cls = ATTACKS.lookup(args.attack)
+    if attack_cls.kind == "reconstruction":  # one evaluation of the whole run: no rounds, no membership game
+        result = attack_run(view, args.attack, victim=args.victim, params=_parse_sets(args.set))
+        out = Path(args.out) if args.out else view.path / "attacks" / f"{args.attack}.json"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(out, result)
+        for row in result["results"]:
+            print(attack_cls.summary_line(row))
+        print(f"written to {out}")
+        return 0
     victim = view.cfg.attack.victim if args.victim is None else args.victim
     if args.rounds in (None, "last"):
         rounds = None

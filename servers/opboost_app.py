@@ -44,7 +44,7 @@ class OpBoostServer:
 
     def _exchange(self, step: str, contents: dict[int, RecordDict], split: str | None = None) -> dict[int, Message]:
         """Send one message per passive party (by partition id); all must answer (the protocol needs every column)."""
-        rnd = P.STEP_ROUND[(step, split) if split else step]
+        rnd = P.STEP_ROUND[step]
         if isinstance(self.grid, RecordingGrid):
             self.grid.current_round = rnd
         messages = []
@@ -111,13 +111,12 @@ class OpBoostServer:
             pid: RecordDict({"requests": P.column_record(self.columns[pid], requests[pid])}) for pid in self.node_of})
         answers = [P.read_columns(replies[pid], "values", self.columns[pid]) for pid in sorted(replies)]
         self.active.rewrite(requests, answers)
-        preds = {}
-        for split in ("train", "test"):
-            replies = self._exchange(P.SPLIT_INTERVALS, {
-                pid: RecordDict({"thresholds": P.column_record(self.columns[pid], self.active.thresholds[pid]),
-                                 "config": ConfigRecord({"split": split})}) for pid in self.node_of}, split=split)
-            intervals = [P.read_columns(replies[pid], "intervals", self.columns[pid]) for pid in sorted(replies)]
-            preds[split] = self.active.predict(split, intervals)
+        preds = {"train": self.active.predict_train()}  # on what the active party holds: ranks
+        replies = self._exchange(P.SPLIT_INTERVALS, {
+            pid: RecordDict({"thresholds": P.column_record(self.columns[pid], self.active.thresholds[pid]),
+                             "config": ConfigRecord({"split": "test"})}) for pid in self.node_of}, split="test")
+        intervals = [P.read_columns(replies[pid], "intervals", self.columns[pid]) for pid in sorted(replies)]
+        preds["test"] = self.active.predict("test", intervals)
         table = self.active.table
         metrics = {s: evaluate(table.task, table.labels(s), preds[s]) for s in ("train", "test")}
         art = self.run_dir.artifacts

@@ -34,6 +34,12 @@ def _dpflames(**kwargs: Any) -> dict[str, Any]:
     return bench_dpflames(**kwargs)
 
 
+def _opboost(**kwargs: Any) -> dict[str, Any]:
+    from fedsim.bench.opboost import bench_opboost
+
+    return bench_opboost(**kwargs)
+
+
 def _attacks(**kwargs: Any) -> dict[str, Any]:
     from fedsim.bench.attacks import bench_attacks
 
@@ -42,4 +48,5 @@ def _attacks(**kwargs: Any) -> dict[str, Any]:
 
 BENCHMARKS.add("attacks", _attacks, "candidates scored per second per attack on one recorded FB15k-237 run")
 BENCHMARKS.add("dpflames", _dpflames, "one client's round on a 14,541 x 256 table: fede vs dp-naive vs dp-flames")
+BENCHMARKS.add("opboost", _opboost, "OpBoost: mechanism throughput (values/s, one core) and the Adult fit vs plain XGBoost")
 BENCHMARKS.add("fkge", _fkge, "FedE UMLS 3 clients: Flower+Ray simulation vs the same training in one process")

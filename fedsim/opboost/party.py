@@ -3,9 +3,10 @@
 The Flower apps (``servers/opboost_app.py``, ``clients/opboost_app.py``) move exactly these objects' inputs and
 outputs between processes; :func:`fedsim.opboost.pipeline.run_in_process` chains them in one process (baselines,
 experiments, tests). A passive party never hands out raw or desensitized values except the values at the split ranks
-the active party asks for (step 6), and at prediction time only the interval of each row between its own split
-thresholds (the per-node bits of §3.4, compressed: the bits of sorted thresholds are monotone, so their count says
-all of them).
+the active party asks for (step 6), and at prediction time, for new rows only, the interval of each row between its
+own split thresholds (the per-node bits of §3.4, compressed: the bits of sorted thresholds are monotone, so their
+count says all of them). Training rows are never evaluated across parties: their intervals would locate each row's
+raw value at any ε.
 """
 
 from __future__ import annotations
@@ -247,6 +248,7 @@ class ActiveParty:
     rank_model: Any = None
     model: Any = None
     thresholds: list[dict[str, np.ndarray]] = field(default_factory=list)
+    train_ranks: list[np.ndarray] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         """The active party holds the labels."""
@@ -283,6 +285,17 @@ class ActiveParty:
             blocks.append(np.stack([np.asarray(ranks[c]) for c in names], axis=1) if names else np.zeros((n, 0)))
         self.rank_model = xgb.train_on_ranks(self.table.x("train"), blocks, self.table.labels("train"), self.params,
                                              self.num_rounds)
+        self.train_ranks = blocks
+
+    def predict_train(self) -> np.ndarray:
+        """Predictions for the training rows from what the active party holds (own features, passive ranks); equal
+        to the rewritten model on the desensitized values (never on raw passive values: see protocol.py)."""
+        import xgboost
+
+        n = self.table.x("train").shape[0]
+        blocks = [self.table.x("train").astype(np.float32)]
+        blocks += [np.asarray(b, dtype=np.float32).reshape(n, -1) for b in self.train_ranks]
+        return self.rank_model.predict(xgboost.DMatrix(np.hstack(blocks)))
 
     def split_requests(self) -> list[dict[str, np.ndarray]]:
         """Step 5: per passive party and used column, the sorted ranks ``{⌈c⌉−1, ⌈c⌉}`` of its split conditions."""

@@ -190,15 +190,14 @@ def run_in_process(
         answers.append(ans)
     active.rewrite(requests, answers)
     t_rewrite = time.perf_counter()
-    preds = {}
-    for split in ("train", "test"):
-        intervals = []
-        for p, thr in zip(passives, active.thresholds, strict=True):
-            down[p.name] += nbytes(thr)
-            iv = p.split_intervals(thr, split)
-            up[p.name] += nbytes(iv)
-            intervals.append(iv)
-        preds[split] = active.predict(split, intervals)
+    preds = {"train": active.predict_train()}
+    intervals = []
+    for p, thr in zip(passives, active.thresholds, strict=True):
+        down[p.name] += nbytes(thr)
+        iv = p.split_intervals(thr, "test")
+        up[p.name] += nbytes(iv)
+        intervals.append(iv)
+    preds["test"] = active.predict("test", intervals)
     t_end = time.perf_counter()
     task = active_table.task
     metrics = {"train": evaluate(task, active_table.labels("train"), preds["train"]),

@@ -9,11 +9,15 @@ step (message type)    active → passive                              passive �
                                                                      config ``ledger`` (the accountant's report)
 ``query.split_values`` arrays ``requests`` (int64 ranks)             arrays ``values`` (float64)
 ``query.split_intervals`` arrays ``thresholds`` (float32, sorted);   arrays ``intervals`` (uint: thresholds <= x)
-                       config ``split`` (train | test)
+                       config ``split`` (test only)
 =====================  ============================================  ==============================================
 
 Column arrays are keyed ``c<index>`` in the sender's schema order (column names stay in the schema reply). Every
-down message carries ``server-round`` = the step number (1–5), which the recorder files each exchange under.
+down message carries ``server-round`` = the step number (1–4), which the recorder files each exchange under.
+
+Inference runs on new (test) rows only: interval counts of *training* rows would tell the active party where each
+row's raw value lies between the thresholds, at any ε, so passive parties refuse them; the active party evaluates
+the training rows on what it legitimately holds (the rank model on the ranks).
 """
 
 from __future__ import annotations
@@ -26,7 +30,8 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message
 
 SCHEMA, RANKS, SPLIT_VALUES, SPLIT_INTERVALS = "schema", "ranks", "split_values", "split_intervals"
-STEP_ROUND = {SCHEMA: 1, RANKS: 2, SPLIT_VALUES: 3, (SPLIT_INTERVALS, "train"): 4, (SPLIT_INTERVALS, "test"): 5}
+STEP_ROUND = {SCHEMA: 1, RANKS: 2, SPLIT_VALUES: 3, SPLIT_INTERVALS: 4}
+INFERENCE_SPLITS = ("test",)  # splits a passive party answers split-interval queries for
 
 
 def message_type(step: str) -> str:

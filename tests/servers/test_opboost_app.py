@@ -124,6 +124,17 @@ def test_a_silent_party_ends_the_run_within_the_timeout(setup):
         _serve(cfg, run_dir, grid)
 
 
+def test_passive_parties_refuse_interval_queries_on_training_rows(setup):
+    cfg, run_dir = setup
+    grid = InProcessGrid(3, handlers=HANDLERS)
+    _serve(cfg, run_dir, grid)  # an honest run leaves each party's state in its context
+    ask = Message(RecordDict({"thresholds": ArrayRecord({"c0": Array(np.array([1.5], dtype=np.float32))}),
+                              "config": ConfigRecord({"split": "train"})}),
+                  dst_node_id=100, message_type=P.message_type(P.SPLIT_INTERVALS))
+    with pytest.raises(ValueError, match="refusing split intervals for 'train' rows"):
+        opboost_app.split_intervals(ask, grid.contexts[100])
+
+
 @pytest.mark.parametrize("override, match", [
     ("opboost.epsilon=0", "epsilon"),
     ("opboost.epsilon=-0.5", "epsilon"),

@@ -69,9 +69,9 @@ def test_recording_holds_the_protocol_and_verifies(runs, mode: str) -> None:
     run = open_run(run_dir)
     entries = list(run.entries())
     kinds = sorted({(e.round, e.kind) for e in entries})
-    assert kinds == [(1, "query.schema"), (2, "query.ranks"), (3, "query.split_values"),
-                     (4, "query.split_intervals"), (5, "query.split_intervals")]
-    assert len(entries) == summary["record_entries"] == 5 * 3 * 2  # 5 steps, 3 parties, both directions
+    assert kinds == [(1, "query.schema"), (2, "query.ranks"), (3, "query.split_values"), (4, "query.split_intervals")]
+    assert len(entries) == summary["record_entries"] == 4 * 3 * 2  # 4 steps, 3 parties, both directions
+    assert {e.configs["config"]["split"] for e in entries if e.round == 4 and e.direction == "down"} == {"test"}
     ledger = json.loads((run_dir / "privacy.json").read_text())
     assert {p: v["totals"]["dLDP"]["epsilon"] for p, v in ledger.items()} == pytest.approx(
         {"passive-0": 12.8, "passive-1": 12.8, "passive-2": 12.8})

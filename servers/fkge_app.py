@@ -7,22 +7,14 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
-from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from fedsim.config import ExperimentConfig, from_dict
 from fedsim.record import RecordingGrid, RecordWriter
 from fedsim.rundir import RunDir
 from servers.fede import FedEStrategy
+from servers.serving import CONFIG_KEY, RUN_DIR_KEY, serving_app
 from servers.loop import LoopSettings, RoundLoop
-
-CONFIG_KEY = "fedsim-config"  # run-config key: the resolved experiment config as JSON
-RUN_DIR_KEY = "fedsim-run-dir"  # run-config key: where the ServerApp writes the run
-
-
-def server_run_config(cfg: ExperimentConfig, run_dir: RunDir) -> dict[str, str]:
-    """The run config a runtime hands this ServerApp."""
-    return {CONFIG_KEY: cfg.to_json(), RUN_DIR_KEY: str(run_dir.path)}
 
 
 def serve(grid: Grid, run_config: Mapping[str, Any]) -> dict[str, Any]:
@@ -76,17 +68,8 @@ def serve(grid: Grid, run_config: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def make_server_app(run_config_override: Mapping[str, Any] | None = None) -> ServerApp:
-    """A ServerApp; `run_config_override` supplies the run config where Flower passes none
-    (the simulation's `run_simulation` leaves `context.run_config` empty)."""
-    app = ServerApp()
-
-    @app.main()
-    def main(grid: Grid, context: Context) -> None:
-        run_config = dict(context.run_config)
-        run_config.update(run_config_override or {})
-        serve(grid, run_config)
-
-    return app
+    """This protocol's ServerApp (see `servers.serving.serving_app`)."""
+    return serving_app(serve, run_config_override)
 
 
 app = make_server_app()

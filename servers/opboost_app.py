@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
 from fedsim.config import ExperimentConfig, from_dict
@@ -21,7 +21,7 @@ from fedsim.opboost.partydata import read_party_dir
 from fedsim.opboost.pipeline import ACTIVE_DIR, evaluate, passive_dir, xgb_params
 from fedsim.record import RecordingGrid, RecordWriter
 from fedsim.rundir import RunDir
-from servers.fkge_app import CONFIG_KEY, RUN_DIR_KEY
+from servers.serving import CONFIG_KEY, RUN_DIR_KEY, serving_app
 from servers.loop import ExchangeResult, exchange, message_nbytes, wait_for_nodes
 
 ACTIVE_DATA_KEY = "fedsim-active-data-dir"  # run-config key: the active party's own directory (node-local)
@@ -80,8 +80,8 @@ class OpBoostServer:
         replies = self._exchange(P.SCHEMA, {i: _copy(content) for i in self.node_of})
         node_of, columns, owner = {}, {}, {name: "the active party" for name in self.active.table.names}
         self.processes = {}
-        for msg in replies.values():
-            pid, names, _kinds = P.read_schema(msg)
+        for pid, names, _kinds, msg in sorted(((*P.read_schema(m), m) for m in replies.values()),
+                                                key=lambda t: t[0]):
             self.processes[passive_dir(pid)] = int(msg.content.config_records["schema"].get("process-id", -1))
             if pid in node_of:
                 raise ValueError(f"two nodes report partition-id {pid}")
@@ -98,7 +98,7 @@ class OpBoostServer:
         self.columns = [columns[pid] for pid in sorted(columns)]
 
     def fit(self) -> dict[str, Any]:
-        """Steps 2–7, then inference on the train and test rows."""
+        """Steps 2–7, then cross-party inference on the test rows (training rows: the rank model on the ranks)."""
         replies = self._exchange(P.RANKS, {pid: RecordDict() for pid in self.node_of})
         ranks = [P.read_columns(replies[pid], "ranks", self.columns[pid]) for pid in sorted(replies)]
         ledgers = {passive_dir(pid): json.loads(str(P.config_value(replies[pid], "ledger", "report")))
@@ -176,16 +176,8 @@ def serve(grid: Grid, run_config: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def make_server_app(run_config_override: Mapping[str, Any] | None = None) -> ServerApp:
-    """A ServerApp; ``run_config_override`` supplies the run config where Flower passes none (simulation)."""
-    app = ServerApp()
-
-    @app.main()
-    def main(grid: Grid, context: Context) -> None:
-        run_config = dict(context.run_config)
-        run_config.update(run_config_override or {})
-        serve(grid, run_config)
-
-    return app
+    """This protocol's ServerApp (see `servers.serving.serving_app`)."""
+    return serving_app(serve, run_config_override)
 
 
 app = make_server_app()

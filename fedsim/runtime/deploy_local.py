@@ -100,7 +100,7 @@ def healthy(port: int) -> bool:
 
 def run_deploy_local_job(run_dir: RunDir, cfg: ExperimentConfig, progress: ProgressFn | None = None) -> None:
     """Start SuperLink + N SuperNodes, `flwr run` the job, stop everything by PID."""
-    from servers.fkge_app import server_run_config
+    from servers.serving import server_run_config
 
     t0 = time.monotonic()
     env = runtime_env(run_dir.state)

@@ -103,7 +103,7 @@ def driver_main(run_dir_path: str) -> None:
     from flwr.simulation import run_simulation
 
     from fedsim.runtime.apps import load_apps
-    from servers.fkge_app import server_run_config
+    from servers.serving import server_run_config
 
     run_dir = RunDir(run_dir_path)
     apply_runtime_env(run_dir.state)

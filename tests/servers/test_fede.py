@@ -15,7 +15,8 @@ from fedsim.kg.aggregation import fede_aggregate
 from fedsim.record import open_run, verify_run
 from fedsim.rundir import RunDir
 from servers.fede import IDS, ROWS, VALUES
-from servers.fkge_app import serve, server_run_config
+from servers.fkge_app import serve
+from servers.serving import server_run_config
 from servers.loop import RoundFailed
 from tests.servers.inprocess import InProcessGrid, set_task_identity
 

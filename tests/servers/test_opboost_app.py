@@ -23,7 +23,7 @@ from fedsim.opboost.pipeline import (
 )
 from fedsim.record import verify_run
 from fedsim.rundir import RunDir
-from servers.fkge_app import server_run_config
+from servers.serving import server_run_config
 from servers.opboost_app import serve
 from tests.servers.inprocess import InProcessGrid, set_task_identity
 

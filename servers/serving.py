@@ -1,0 +1,37 @@
+"""What every fedsim ServerApp shares: the run-config keys a runtime passes, and the app wrapper around a
+protocol's `serve(grid, run_config)`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from flwr.app import Context
+from flwr.serverapp import Grid, ServerApp
+
+from fedsim.config import ExperimentConfig
+from fedsim.rundir import RunDir
+
+CONFIG_KEY = "fedsim-config"  # run-config key: the resolved experiment config as JSON
+RUN_DIR_KEY = "fedsim-run-dir"  # run-config key: where the ServerApp writes the run
+
+ServeFn = Callable[[Grid, Mapping[str, Any]], Any]
+
+
+def server_run_config(cfg: ExperimentConfig, run_dir: RunDir) -> dict[str, str]:
+    """The run config a runtime hands a ServerApp."""
+    return {CONFIG_KEY: cfg.to_json(), RUN_DIR_KEY: str(run_dir.path)}
+
+
+def serving_app(serve: ServeFn, run_config_override: Mapping[str, Any] | None = None) -> ServerApp:
+    """A ServerApp running `serve`; `run_config_override` supplies the run config where Flower passes none
+    (the simulation's `run_simulation` leaves `context.run_config` empty)."""
+    app = ServerApp()
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:
+        run_config = dict(context.run_config)
+        run_config.update(run_config_override or {})
+        serve(grid, run_config)
+
+    return app

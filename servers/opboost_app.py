@@ -32,6 +32,8 @@ class OpBoostServer:
 
     def __init__(self, grid: Grid, cfg: ExperimentConfig, run_dir: RunDir, active_dir: str) -> None:
         self.grid, self.cfg, self.run_dir = grid, cfg, run_dir
+        import fedsim.opboost.xgb  # noqa: F401 - xgboost's import (~1 s) before the nodes connect, not in the train step
+
         table = read_party_dir(active_dir, need_test=True)
         o = cfg.opboost
         params = xgb_params(table.task, table.labels("train"), o.tree_method, o.max_depth, o.eta)

@@ -160,6 +160,16 @@ def _jobs(datasets: Sequence[str], epsilons: Sequence[float], thetas: Sequence[i
 _PREPARED: dict[tuple, Any] = {}  # per process: prepared parties of (data set, split seed, settings)
 
 
+def _stop_resource_tracker() -> None:
+    """The pool's queues start multiprocessing's resource-tracker process, which would outlive the pool: stop it
+    (it is restarted on demand). Python has no public API for this; without `_stop` the tracker stays."""
+    from multiprocessing import resource_tracker
+
+    stop = getattr(resource_tracker._resource_tracker, "_stop", None)
+    if stop is not None:
+        stop()
+
+
 def _bounds_policy(name: str, bounds: str) -> str:
     """``auto``: the packaged public bounds where they exist, else min/max of the training data (leaks them)."""
     if bounds != "auto":
@@ -516,10 +526,13 @@ def run_table6(
             done(mod._fit(job))
     else:
         ctx = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=mod._worker_init) as pool:
-            futures = [pool.submit(mod._fit, job) for job in jobs]
-            for fut in as_completed(futures):
-                done(fut.result())
+        try:
+            with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=mod._worker_init) as pool:
+                futures = [pool.submit(mod._fit, job) for job in jobs]
+                for fut in as_completed(futures):
+                    done(fut.result())
+        finally:
+            _stop_resource_tracker()
     fits_seconds = time.perf_counter() - t_start
 
     order = {(j["dataset"], j["repeat"], j["method"], j["epsilon"], j["theta"]): i for i, j in enumerate(jobs)}

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import psutil
 import pytest
 
 from fedsim.opboost.datasets import DatasetFileError
@@ -140,6 +141,8 @@ def test_worker_pool_matches_in_process() -> None:
             "num_trees": 5, "bounds": "data"}
     seen: list[dict[str, Any]] = []
     pooled = run_table6(workers=2, progress=seen.append, **grid)
+    # no process outlives the pool (multiprocessing's resource tracker included)
+    assert psutil.Process().children(recursive=True) == []
     inline = run_table6(workers=1, **grid)
     assert len(seen) == pooled["fits"] == 5 and seen[-1]["done"] == 5 and seen[-1]["total"] == 5
     assert [r["value"] for r in pooled["records"]] == [r["value"] for r in inline["records"]]

@@ -25,7 +25,8 @@ class ConfigError(ValueError):
     """A malformed or inconsistent experiment config."""
 
 
-MODES = ("sim", "deploy-local", "local")
+MODES = ("sim", "deploy-local", "deploy", "local")
+ISOLATIONS = ("process", "subprocess")
 PRIVACY_MODES = ("fede", "dp-naive", "dp-flames", "dp-flames-adaptive")
 ACCOUNTANT_BACKENDS = ("rdp", "pld")
 STRATEGIES = ("fede", "isolation", "collection")
@@ -104,6 +105,12 @@ class RuntimeConfig:
     run_timeout: float = 1800.0  # the whole run, start-up included
     startup_timeout: float = 120.0  # SuperLink/SuperNodes/Ray coming up
     poll_interval: float = 0.1  # seconds between pulls of replies
+    # deployments: "process" keeps one long-lived ClientApp process per SuperNode; "subprocess" is Flower's default
+    # (a fresh ClientApp process for every message, seconds of fixed cost per round)
+    isolation: str = "process"
+    client_resources: str = ""  # sim: extra Ray resources per client, "name=amount,..." (placement on cluster nodes)
+    superlink: str = ""  # mode "deploy": HOST:PORT of a running federation's SuperLink
+    certs_dir: str = ""  # mode "deploy": the federation directory from `fedsim deploy init` (CA certificate)
 
 
 ATTACK_ACTIVE = ("none", "cia")
@@ -324,6 +331,7 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
     _check_choice("strategy.name", cfg.strategy.name, STRATEGIES)
     _check_choice("strategy.aggregation", cfg.strategy.aggregation, AGGREGATIONS)
     _check_choice("runtime.mode", cfg.runtime.mode, MODES)
+    _check_runtime(cfg)
     _check_choice("privacy.mode", cfg.privacy.mode, PRIVACY_MODES)
     _check_choice("privacy.accountant", cfg.privacy.accountant, ACCOUNTANT_BACKENDS)
     _check_choice("privacy.adaptive_signal", cfg.privacy.adaptive_signal, ("mrr", "schedule"))
@@ -344,6 +352,31 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
     return cfg
 
 
+def parse_resources(text: str, key: str = "runtime.client_resources") -> dict[str, float]:
+    """``"name=amount,..."`` as a dict; ConfigError naming `key` when malformed."""
+    out: dict[str, float] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, sep, amount = item.partition("=")
+        try:
+            value = float(amount)
+        except ValueError:
+            value = math.nan
+        if not sep or not name.strip() or not (value > 0 and math.isfinite(value)):
+            raise ConfigError(f"{key}: {item!r} must look like name=amount with amount > 0 (e.g. site_a=1)")
+        out[name.strip()] = value
+    return out
+
+
+def _check_runtime(cfg: ExperimentConfig) -> None:
+    r = cfg.runtime
+    _check_choice("runtime.isolation", r.isolation, ISOLATIONS)
+    parse_resources(r.client_resources)
+    if r.mode == "deploy":
+        host, sep, port = r.superlink.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ConfigError(f"runtime.superlink: mode 'deploy' needs HOST:PORT of a running SuperLink, got {r.superlink!r}")
+
+
 def _validate_opboost(cfg: ExperimentConfig) -> ExperimentConfig:
     from fedsim.opboost.datasets import DATASETS, PAPER_ASSIGNMENTS
     from fedsim.opboost.party import DesensitizeSettings
@@ -351,6 +384,7 @@ def _validate_opboost(cfg: ExperimentConfig) -> ExperimentConfig:
     o = cfg.opboost
     _check_choice("data.dataset", cfg.data.dataset, DATASETS)
     _check_choice("runtime.mode", cfg.runtime.mode, MODES)
+    _check_runtime(cfg)
     _check_choice("opboost.columns", o.columns, OPBOOST_COLUMNS)
     _check_choice("opboost.bounds", o.bounds, ("public", "data"))
     _check_choice("opboost.tree_method", o.tree_method, ("exact", "hist", "approx"))

@@ -7,6 +7,7 @@ is done, fails, or the run times out.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import secrets
@@ -16,10 +17,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from fedsim.config import ExperimentConfig, from_dict
+from fedsim.config import ExperimentConfig, from_dict, parse_resources
 from fedsim.rundir import RunDir
 from fedsim.runtime.environment import apply_runtime_env, runtime_env
-from fedsim.runtime.process import ProcessSet
+from fedsim.runtime.process import ProcessSet, RuntimeFailure
 from fedsim.runtime.supervise import ProgressFn, supervise
 
 AF_UNIX_LIMIT = 100  # Ray puts sockets at <temp>/session_<stamp>/sockets/<name>; paths must fit ~107 bytes
@@ -70,13 +71,128 @@ def _sockets_and_specials(directory: str, names: list[str]) -> set[str]:
 
 
 def backend_config(cfg: ExperimentConfig) -> dict[str, Any]:
-    resources: dict[str, float] = {"num_cpus": cfg.runtime.num_cpus_per_client}
+    """Flower's `backend_config`: every ClientApp actor asks Ray for `num_cpus`/`num_gpus` and, under
+    `resources`, the custom resources of `runtime.client_resources` (e.g. ``{"site_b": 1.0}``), so Ray
+    places it only on a node that advertises them (``ray start --resources '{"site_b": 2}'``).
+
+    Stock Flower 1.42 rejects the nested `resources` (its `_validate_client_resources` takes numbers
+    only) and sizes its actor pool from CPUs and GPUs alone; `install_placement_backend` makes it pass
+    them on. `driver_main` installs it whenever `resources` is present.
+    """
+    resources: dict[str, Any] = {"num_cpus": cfg.runtime.num_cpus_per_client}
     resources["num_gpus"] = cfg.runtime.num_gpus_per_client
+    custom = parse_resources(cfg.runtime.client_resources)
+    if custom:
+        resources["resources"] = custom
     return {"client_resources": resources, "init_args": {}}
 
 
+def client_demand(client_resources: dict[str, Any]) -> dict[str, float]:
+    """What one ClientApp actor takes from a node, in Ray's resource names (CPU, GPU, custom)."""
+    demand = {"CPU": float(client_resources.get("num_cpus", 1.0))}
+    if client_resources.get("num_gpus", 0.0) > 0:
+        demand["GPU"] = float(client_resources["num_gpus"])
+    demand.update({name: float(amount) for name, amount in (client_resources.get("resources") or {}).items()})
+    return demand
+
+
+def actor_capacity(nodes: list[dict[str, Any]], client_resources: dict[str, Any]) -> int:
+    """How many ClientApp actors fit on the cluster, node by node (as Flower counts CPUs and GPUs in
+    `pool_size_from_resources`, plus custom resources, which Flower ignores: an actor that fits
+    nowhere would stay pending and its client's message would wait forever)."""
+    demand = client_demand(client_resources)
+    total = 0
+    for node in nodes:
+        have = node.get("Resources") or {}
+        if not node.get("Alive", True) or not have:  # a detached node keeps its entry, without resources
+            continue
+        total += min(int(have.get(name, 0.0) / amount + 1e-9) for name, amount in demand.items())
+    return total
+
+
+def check_placement(cfg: ExperimentConfig, nodes: list[dict[str, Any]], address: str) -> int:
+    """The actor capacity for `cfg` on the cluster; RuntimeFailure naming the keys and the nodes'
+    resources when not one client fits (instead of Flower's empty pool or a pending actor)."""
+    client_resources = backend_config(cfg)["client_resources"]
+    capacity = actor_capacity(nodes, client_resources)
+    if capacity == 0:
+        seen = "; ".join(
+            f"{node.get('NodeManagerAddress', '?')} {dict(sorted((node.get('Resources') or {}).items()))}"
+            for node in nodes if node.get("Alive", True)
+        )
+        r = cfg.runtime
+        raise RuntimeFailure(
+            f"no node of the Ray cluster at {address} can host a client needing {client_demand(client_resources)} "
+            f"(runtime.num_cpus_per_client = {r.num_cpus_per_client:g}, runtime.num_gpus_per_client = "
+            f"{r.num_gpus_per_client:g}, runtime.client_resources = {r.client_resources!r}); nodes: {seen or 'none'}"
+        )
+    return capacity
+
+
+def install_placement_backend(custom: dict[str, float]) -> None:
+    """Let Flower's Ray backend place ClientApp actors by custom resources (Flower 1.42).
+
+    Flower 1.42 builds each actor as ``ClientAppActor.options(**client_resources)``, but its
+    `_validate_client_resources` accepts numbers only (so Ray's ``resources={...}`` option cannot get
+    through), `run_simulation` rewrites '-' to '_' in every key of `backend_config` (custom resource
+    names included), and its pool size counts CPUs and GPUs only. The simulation engine imports
+    `RayBackend` from `flwr.server.superlink.fleet.vce.backend.raybackend` when it starts, so this
+    replaces that name, in this driver process only, with a subclass that takes the custom resources
+    out of the validated config (and uses `custom`, the names as fedsim parsed them from the config,
+    not Flower's rewritten ones), passes them to every actor's ``options(resources=...)`` and sizes the
+    pool by `actor_capacity`. Raises RuntimeError if Flower's internals are not the expected ones.
+    """
+    from flwr.server.superlink.fleet.vce.backend import raybackend
+    from flwr.simulation.ray_transport.ray_actor import BasicActorPool, ClientAppActor
+
+    base = getattr(raybackend, "RayBackend", None)
+    base = getattr(base, "fedsim_base", base)
+    needed = ("_validate_client_resources", "build", "init_ray")
+    if base is None or not all(hasattr(base, name) for name in needed) or not hasattr(BasicActorPool, "add_actors_to_pool"):
+        raise RuntimeError(
+            "runtime.client_resources needs Flower's Ray backend as in flwr 1.42 "
+            "(flwr.server.superlink.fleet.vce.backend.raybackend.RayBackend); this Flower differs"
+        )
+
+    class PlacedActorPool(BasicActorPool):  # type: ignore[misc, valid-type]
+        def __init__(self, actor_type: Any, client_resources: dict[str, Any], actor_kwargs: dict[str, Any],
+                     custom: dict[str, float]) -> None:
+            super().__init__(actor_type, client_resources, actor_kwargs)
+            options = {**client_resources, "resources": dict(custom)}
+            args = actor_kwargs or {}
+            self.create_actor_fn = lambda: actor_type.options(**options).remote(**args)
+            import ray
+
+            self.actors_capacity = actor_capacity(ray.nodes(), options)
+
+    class PlacedRayBackend(base):  # type: ignore[misc, valid-type]
+        fedsim_base = base
+        custom_resources: dict[str, float] = {}
+
+        def _validate_client_resources(self, config: Any) -> Any:
+            config = dict(config)
+            plain = dict(config.get(self.client_resources_key) or {})
+            plain.pop("resources", None)
+            config[self.client_resources_key] = plain
+            return super()._validate_client_resources(config)
+
+        def build(self, app_fn: Any) -> None:
+            if not self.custom_resources:
+                super().build(app_fn)
+                return
+            self.pool = PlacedActorPool(ClientAppActor, self.client_resources, self.actor_kwargs,
+                                        self.custom_resources)
+            self.pool.add_actors_to_pool(self.pool.actors_capacity)
+            self.app_fn = app_fn
+
+    PlacedRayBackend.custom_resources = dict(custom)
+    raybackend.RayBackend = PlacedRayBackend
+
+
 def init_ray(cfg: ExperimentConfig, run_dir: RunDir) -> dict[str, Any]:
-    """Start (or attach to) Ray on loopback; returns its address and start-up seconds."""
+    """Start Ray on loopback, or attach to `runtime.ray_address`; write `ray.json` (address, job id,
+    start-up seconds, the cluster's live nodes with their resources, the per-client resources and
+    how many ClientApp actors fit) and return it. RuntimeFailure when no node can host one client."""
     import ray
 
     t0 = time.monotonic()
@@ -92,26 +208,56 @@ def init_ray(cfg: ExperimentConfig, run_dir: RunDir) -> dict[str, Any]:
             logging_level=logging.WARNING,
             log_to_driver=False,
         )
-    info = {"startup_seconds": time.monotonic() - t0, "address": ray.get_runtime_context().gcs_address,
-            "resources": ray.cluster_resources()}
-    run_dir.write_json("ray.json", info)
+    context = ray.get_runtime_context()
+    info = {"startup_seconds": time.monotonic() - t0, "address": context.gcs_address,
+            "job_id": context.get_job_id(), "resources": ray.cluster_resources(),
+            "nodes": [{"node_id": node["NodeID"], "address": node["NodeManagerAddress"], "resources": node["Resources"]}
+                      for node in ray.nodes() if node.get("Alive", True)],
+            "client_resources": backend_config(cfg)["client_resources"]}
+    try:
+        info["client_actors"] = check_placement(cfg, ray.nodes(), info["address"])
+    finally:
+        run_dir.write_json("ray.json", info)
     return info
+
+
+def ray_cluster_flag(ray_address: str | None) -> str:
+    """`RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER` for the driver: "0" (everything on 127.0.0.1, fedsim's
+    default) unless `runtime.ray_address` names a cluster on another address. With "0" Ray takes
+    127.0.0.1 as this machine's address, so a driver attached to a head at 10.0.0.5 would look for
+    a raylet at 127.0.0.1; with "1" Ray uses
+    the address of the interface that routes to the head, as the cluster's nodes do."""
+    if not ray_address:
+        return "0"
+    host = ray_address.removeprefix("ray://").rpartition(":")[0].strip("[]") or ray_address
+    if host in ("auto", "localhost"):
+        return "0"
+    try:
+        return "0" if ipaddress.ip_address(host).is_loopback else "1"
+    except ValueError:  # a host name
+        return "1"
 
 
 def driver_main(run_dir_path: str) -> None:
     """Child-process entry: Ray, then Flower's run_simulation with fedsim's apps."""
+    run_dir = RunDir(run_dir_path)
+    apply_runtime_env(run_dir.state)
+    cfg = from_dict(run_dir.read_json("config.json"))
+    # before Ray is imported: it reads the flag once, at import
+    os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = ray_cluster_flag(cfg.runtime.ray_address)
+
     from flwr.simulation import run_simulation
 
     from fedsim.runtime.apps import load_apps
     from servers.serving import server_run_config
 
-    run_dir = RunDir(run_dir_path)
-    apply_runtime_env(run_dir.state)
-    cfg = from_dict(run_dir.read_json("config.json"))
     client_module, server_module = load_apps(cfg.protocol)
-    init_ray(cfg, run_dir)
-    server_app = server_module.make_server_app(server_run_config(cfg, run_dir))
     try:
+        init_ray(cfg, run_dir)
+        custom = parse_resources(cfg.runtime.client_resources)
+        if custom:
+            install_placement_backend(custom)
+        server_app = server_module.make_server_app(server_run_config(cfg, run_dir))
         run_simulation(
             server_app=server_app,
             client_app=client_module.app,

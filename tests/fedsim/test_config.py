@@ -49,7 +49,7 @@ def test_toml_and_yaml_files_with_overrides(tmp_path: Path) -> None:
         ({"model": {"name": "transh"}}, r"model\.name: unknown name 'transh'; valid choices: transe, distmult, complex, rotate"),
         ({"data": {"partition": "louvain"}}, r"data\.partition: unknown name 'louvain'; valid choices: relation, entity_overlap, random_triple"),
         ({"strategy": {"name": "fedavg"}}, r"strategy\.name: unknown name 'fedavg'; valid choices: fede, isolation, collection"),
-        ({"runtime": {"mode": "cloud"}}, r"runtime\.mode: unknown name 'cloud'; valid choices: sim, deploy-local, local"),
+        ({"runtime": {"mode": "cloud"}}, r"runtime\.mode: unknown name 'cloud'; valid choices: sim, deploy-local, deploy, local"),
         ({"train": {"rounds": 0}}, r"train\.rounds: value 0 is out of range"),
         ({"strategy": {"name": "isolation"}}, r"runs only with runtime\.mode = 'local'"),
         ({"seed": -1}, r"seed: value -1 is out of range"),

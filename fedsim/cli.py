@@ -1,4 +1,4 @@
-"""The `fedsim` command line: run, list, verify, attack, campaign, sweep, opboost, bench."""
+"""The `fedsim` command line: run, list, verify, attack, campaign, sweep, opboost, deploy, bench."""
 
 from __future__ import annotations
 
@@ -89,6 +89,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     overrides = list(args.set or [])
     if args.mode:
         overrides.append(f"runtime.mode={args.mode}")
+    if args.superlink:
+        overrides.append(f"runtime.superlink={args.superlink}")
+    if args.certs:
+        overrides.append(f"runtime.certs_dir={args.certs}")
     cfg = load_config(args.config, overrides)
     from fedsim.jobs import run_experiment
 
@@ -268,6 +272,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("config", nargs="?", default=None, help="preset name or config file (default: fede-umls)")
     run.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config key, e.g. train.rounds=5")
     run.add_argument("--mode", choices=MODES, help="runtime mode (overrides runtime.mode)")
+    run.add_argument("--superlink", help="mode deploy: HOST:PORT of a running SuperLink (runtime.superlink)")
+    run.add_argument("--certs", help="mode deploy: the federation directory of `fedsim deploy init` (runtime.certs_dir)")
     run.add_argument("--out", help="run directory (default: runs/<run-id>, or $FEDSIM_RUNS_DIR/<run-id>)")
     run.add_argument("--quiet", action="store_true", help="no per-round progress lines")
     run.set_defaults(func=cmd_run)
@@ -320,6 +326,10 @@ def build_parser() -> argparse.ArgumentParser:
     table6 = opb_sub.add_parser("table6", help="reproduce the paper's Appendix Table 6 (ratio to the raw model)")
     experiments.add_arguments(table6)
     table6.set_defaults(func=experiments.run_from_args)
+
+    from fedsim.deploy.cli import add_deploy_parser
+
+    add_deploy_parser(sub)
 
     bench = sub.add_parser("bench", help="run a benchmark and print/write its JSON")
     bench.add_argument("name")

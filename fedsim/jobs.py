@@ -206,6 +206,10 @@ def _run_in_mode(run_dir: RunDir, cfg: ExperimentConfig, progress: ProgressFn | 
             from fedsim.runtime.deploy_local import run_deploy_local_job
 
             run_deploy_local_job(run_dir, cfg, progress)
+        elif cfg.runtime.mode == "deploy":
+            from fedsim.runtime.deploy_remote import run_deploy_remote_job
+
+            run_deploy_remote_job(run_dir, cfg, progress)
         else:
             local(run_dir, cfg, progress)
     except BaseException as err:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+import io
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -12,7 +13,7 @@ from flwr.app.message_type import MessageType
 from flwr.serverapp import Grid
 
 from fedsim.config import ExperimentConfig
-from fedsim.kg.aggregation import UpdateRejected, fede_aggregate, validate_update
+from fedsim.kg.aggregation import StreamingAggregator, UpdateRejected, fede_aggregate, validate_update
 from fedsim.kg.metrics import METRIC_KEYS, weighted_average
 from fedsim.kg.shapes import entity_dim, init_table
 from servers.loop import ExchangeResult, RoundFailed, RoundStrategy
@@ -36,16 +37,69 @@ def rows_record(ids: np.ndarray, rows: np.ndarray) -> ArrayRecord:
     return ArrayRecord({IDS: Array(np.ascontiguousarray(ids, dtype=np.int64)), VALUES: Array(np.ascontiguousarray(rows))})
 
 
-def read_rows(msg: Message) -> tuple[np.ndarray, np.ndarray]:
-    """(ids, rows) of a message; raises UpdateRejected when the record is absent or malformed."""
-    if ROWS not in msg.content.array_records:
+def numpy_array(ndarray: np.ndarray) -> Array:
+    """`Array(ndarray)` with the same bytes (np.save's format), built with one copy of the data instead of
+    Flower's BytesIO round trip (two, plus the buffer's growth)."""
+    arr = np.asanyarray(ndarray)
+    if arr.dtype.hasobject or arr.dtype.itemsize == 0 or not (arr.flags.c_contiguous or arr.flags.f_contiguous):
+        return Array(np.ascontiguousarray(arr))
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, np.lib.format.header_data_from_array_1_0(arr))
+    if not arr.flags.c_contiguous:  # Fortran order: np.save writes the data in memory order, as here
+        arr = arr.T
+    data = b"".join((header.getvalue(), arr.reshape(-1).view(np.uint8)))
+    return Array(dtype=str(ndarray.dtype), shape=tuple(int(d) for d in ndarray.shape), stype="numpy.ndarray", data=data)
+
+
+def rows_record_lean(ids: np.ndarray, rows: np.ndarray) -> ArrayRecord:
+    """`rows_record` through `numpy_array` (identical bytes, lower peak)."""
+    return ArrayRecord({IDS: numpy_array(np.ascontiguousarray(ids, dtype=np.int64)), VALUES: numpy_array(rows)})
+
+
+def array_view(array: Array) -> np.ndarray:
+    """`array.numpy()` without copying: a read-only view on the message's bytes (np.save format, version 1-3);
+    anything else goes through `array.numpy()` (same errors)."""
+    data = array.data
+    if array.stype != "numpy.ndarray" or not isinstance(data, (bytes, bytearray, memoryview)):
+        return array.numpy()
+    try:
+        stream = io.BytesIO(data)
+        version = np.lib.format.read_magic(stream)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(stream)
+        elif version == (2, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(stream)
+        else:
+            return array.numpy()
+        count = int(np.prod(shape, dtype=np.int64))
+        if dtype.hasobject or len(data) - stream.tell() < count * dtype.itemsize:
+            return array.numpy()
+        flat = np.frombuffer(data, dtype=dtype, count=count, offset=stream.tell())
+    except Exception:  # noqa: BLE001 - malformed headers: let numpy() raise its own error
+        return array.numpy()
+    return flat.reshape(shape[::-1]).T if fortran else flat.reshape(shape)
+
+
+def content_record(msg: Message, key: str, kind: type) -> Any:
+    """The record `key` of a message's content if it is a `kind` (ArrayRecord, MetricRecord, ConfigRecord), else
+    None. Reads the RecordDict directly: Flower's `content.array_records` (and metric_/config_records) builds a
+    self-referencing view that keeps the whole content, payload included, alive until Python's cyclic GC runs."""
+    record = msg.content.get(key) if msg.has_content() else None
+    return record if isinstance(record, kind) else None
+
+
+def read_rows(msg: Message, copy: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, rows) of a message (with copy=False: read-only views on its bytes where possible); raises
+    UpdateRejected when the record is absent or malformed."""
+    record = content_record(msg, ROWS, ArrayRecord)
+    if record is None:
         raise UpdateRejected(f"reply has no ArrayRecord {ROWS!r}")
-    record = msg.content.array_records[ROWS]
     missing = {IDS, VALUES} - set(record.keys())
     if missing:
         raise UpdateRejected(f"reply ArrayRecord {ROWS!r} lacks {sorted(missing)}")
+    decode = (lambda a: a.numpy()) if copy else array_view
     try:
-        return record[IDS].numpy(), record[VALUES].numpy()
+        return decode(record[IDS]), decode(record[VALUES])
     except Exception as err:  # undecodable bytes in a reply must not crash the round
         raise UpdateRejected(f"reply arrays cannot be decoded: {err}") from err
 
@@ -79,14 +133,37 @@ def _registration(reply: Message) -> tuple[int, ClientInfo, int, dict[str, int]]
     return pid, info, int(values["num-entities"]), counts
 
 
+@dataclass
+class _TrainRound:
+    """Per-round state of a streaming train exchange."""
+
+    server_round: int
+    aggregator: StreamingAggregator
+    seen: int = 0  # usable replies handed to accumulate_train
+    accepted: dict[int, tuple[float, float | None]] = field(default_factory=dict)  # pid -> (num_train, loss)
+    privacy: dict[str, dict[str, float]] = field(default_factory=dict)
+
+
 class FedEStrategy(RoundStrategy):
-    """FedE (Chen et al., IJCKG'21) with the server-held entity table, rows-only messages."""
+    """FedE (Chen et al., IJCKG'21) with the server-held entity table, rows-only messages.
+
+    Streaming (the default; `streaming=False` or the class attribute restores the list path): down messages are
+    built lazily and pushed one at a time, each train reply is validated and folded into the table as it arrives
+    (`StreamingAggregator`, partition-id order, bit-identical to `fede_aggregate`) and then dropped, so the server
+    holds about one extra table plus one reply instead of every message and reply of the round. The table is
+    updated in place; if a streaming round fails after a reply was folded, the table is discarded (None)."""
+
+    streaming: bool = True
 
     def __init__(
         self,
         cfg: ExperimentConfig,
         on_reject: Callable[[dict[str, Any]], None] | None = None,
+        streaming: bool | None = None,
     ) -> None:
+        if streaming is not None:
+            self.streaming = bool(streaming)
+        self._train_round: _TrainRound | None = None
         self.cfg = cfg
         self.on_reject = on_reject or (lambda _event: None)
         self.clients: dict[int, ClientInfo] = {}  # by partition id
@@ -148,27 +225,32 @@ class FedEStrategy(RoundStrategy):
     def needs_validation(self, server_round: int) -> bool:
         return self.noise is not None and self.noise.needs_validation(server_round)
 
-    def _messages(self, server_round: int, message_type: str, extra: dict[str, Any]) -> list[Message]:
+    def _message(self, pid: int, server_round: int, message_type: str, extra: dict[str, Any]) -> Message:
         assert self.table is not None
-        out = []
-        for pid in sorted(self.clients):
-            info = self.clients[pid]
-            config = {"server-round": server_round, **extra}
-            if self.noise is not None and message_type == MessageType.TRAIN:
-                config["noise-multiplier"] = self.noise.sigma[pid]
-            content = RecordDict(
-                {
-                    ROWS: rows_record(info.entity_ids, self.table[info.entity_ids]),
-                    "config": ConfigRecord(config),
-                }
-            )
-            out.append(Message(content, dst_node_id=info.node_id, message_type=message_type, group_id=str(server_round)))
-        return out
+        info = self.clients[pid]
+        config = {"server-round": server_round, **extra}
+        if self.noise is not None and message_type == MessageType.TRAIN:
+            config["noise-multiplier"] = self.noise.sigma[pid]
+        record = rows_record_lean if self.streaming else rows_record
+        rows = record(info.entity_ids, self.table[info.entity_ids])
+        content = RecordDict({ROWS: rows, "config": ConfigRecord(config)})
+        return Message(content, dst_node_id=info.node_id, message_type=message_type, group_id=str(server_round))
 
-    def configure_train(self, server_round: int, grid: Grid) -> list[Message]:
+    def _messages(
+        self, server_round: int, message_type: str, extra: dict[str, Any]
+    ) -> list[Message] | Iterator[Message]:
+        """Streaming: a generator (each message built when the loop pushes it); otherwise the list."""
+        if self.streaming:
+            return (self._message(pid, server_round, message_type, extra) for pid in sorted(self.clients))
+        return [self._message(pid, server_round, message_type, extra) for pid in sorted(self.clients)]
+
+    def configure_train(self, server_round: int, grid: Grid) -> list[Message] | Iterator[Message]:
+        if self.streaming:
+            assert self.table is not None
+            self._train_round = _TrainRound(server_round, StreamingAggregator(self.table, sorted(self.clients)))
         return self._messages(server_round, MessageType.TRAIN, {})
 
-    def configure_evaluate(self, server_round: int, grid: Grid, split: str) -> list[Message]:
+    def configure_evaluate(self, server_round: int, grid: Grid, split: str) -> list[Message] | Iterator[Message]:
         return self._messages(server_round, MessageType.EVALUATE, {"split": split})
 
     # -- aggregation -----------------------------------------------------------------------
@@ -184,44 +266,41 @@ class FedEStrategy(RoundStrategy):
              "message_id": reply.metadata.message_id, "reason": reason}
         )
 
-    def aggregate_train(self, server_round: int, result: ExchangeResult) -> dict[str, Any]:
+    def _check_train_reply(
+        self, reply: Message, info: ClientInfo | None, copy: bool
+    ) -> tuple[ClientInfo, np.ndarray, np.ndarray, float | None, dict[str, float] | None]:
+        """(client, ids, rows, loss, privacy spend) of a valid train reply; UpdateRejected otherwise."""
         assert self.table is not None
-        accepted: list[tuple[int, np.ndarray, np.ndarray, float, float | None]] = []
-        privacy: dict[str, dict[str, float]] = {}
-        for reply in result.replies:
-            info = self._client_of(reply)
-            try:
-                if info is None:
-                    raise UpdateRejected(f"reply from unregistered node {reply.metadata.src_node_id}")
-                ids, rows = read_rows(reply)
-                validate_update(ids, rows, info.entity_ids, self.table.shape[1], dtype=self.table.dtype)
-                metrics = reply.content.metric_records.get("metrics", MetricRecord())
-                stopped = False
-                if self.noise is not None:
-                    spent = {k: _number(metrics, k) for k in ("epsilon", "noise-multiplier", "uploaded-rows", "stopped")}
-                    if spent["uploaded-rows"] != len(ids):
-                        raise UpdateRejected(f"uploaded-rows {spent['uploaded-rows']:g} != {len(ids)} rows sent")
-                    stopped = spent["stopped"] == 1
-                    if stopped and len(ids):
-                        raise UpdateRejected("a client past its privacy budget uploaded rows")
-                    privacy[str(info.partition_id)] = spent
-                # DP clients send no loss: it is computed on raw batches and not covered by the accountant
-                loss = None if self.noise is not None else _number(metrics, "loss")
-            except UpdateRejected as err:
-                self._reject(server_round, reply, str(err))
-                continue
-            accepted.append((info.partition_id, ids, rows, float(info.num_train), loss))
-        needed = self.min_replies("train", len(self.clients))
-        if len(accepted) < needed:
-            raise RoundFailed(f"round {server_round}: {len(accepted)} valid updates, {needed} needed")
-        accepted.sort(key=lambda item: item[0])  # deterministic order: partition id
-        weights = [a[3] for a in accepted] if self.cfg.strategy.aggregation == "count-weighted" else None
-        self.table = fede_aggregate(self.table, [(a[1], a[2]) for a in accepted], weights=weights)
+        if info is None:
+            raise UpdateRejected(f"reply from unregistered node {reply.metadata.src_node_id}")
+        ids, rows = read_rows(reply, copy=copy)
+        validate_update(ids, rows, info.entity_ids, self.table.shape[1], dtype=self.table.dtype)
+        metrics = content_record(reply, "metrics", MetricRecord)
+        metrics = MetricRecord() if metrics is None else metrics
+        spent = None
+        if self.noise is not None:
+            spent = {k: _number(metrics, k) for k in ("epsilon", "noise-multiplier", "uploaded-rows", "stopped")}
+            if spent["uploaded-rows"] != len(ids):
+                raise UpdateRejected(f"uploaded-rows {spent['uploaded-rows']:g} != {len(ids)} rows sent")
+            if spent["stopped"] == 1 and len(ids):
+                raise UpdateRejected("a client past its privacy budget uploaded rows")
+        # DP clients send no loss: it is computed on raw batches and not covered by the accountant
+        loss = None if self.noise is not None else _number(metrics, "loss")
+        return info, ids, rows, loss, spent
+
+    def _weight(self, info: ClientInfo) -> float:
+        return float(info.num_train) if self.cfg.strategy.aggregation == "count-weighted" else 1.0
+
+    def _round_row(
+        self, server_round: int, accepted: list[tuple[int, float, float | None]], num_replies: int,
+        privacy: dict[str, dict[str, float]],
+    ) -> dict[str, Any]:
+        """Round metrics from the accepted (pid, num_train, loss) in partition-id order."""
         # the train-count-weighted mean loss of the clients that trained, as the sequential runner reports it
-        trained = [a for a in accepted if a[4] is not None]
-        loss = float(np.average([a[4] for a in trained], weights=[a[3] for a in trained])) if trained else None
+        trained = [a for a in accepted if a[2] is not None]
+        loss = float(np.average([a[2] for a in trained], weights=[a[1] for a in trained])) if trained else None
         row: dict[str, Any] = {"train_loss": loss, "clients": [a[0] for a in accepted],
-                               "rejected": len(result.replies) - len(accepted)}
+                               "rejected": num_replies - len(accepted)}
         if self.noise is not None:
             row["privacy"] = privacy
             if privacy:
@@ -230,15 +309,89 @@ class FedEStrategy(RoundStrategy):
                 self.noise.observe(server_round, {})
         return row
 
+    # streaming path -------------------------------------------------------------------------
+    def accumulate_train(self, server_round: int, reply: Message) -> bool:
+        state = self._train_round
+        if not self.streaming or state is None or state.server_round != server_round:
+            return False
+        state.seen += 1
+        info = self._client_of(reply)
+        try:
+            if info is not None and state.aggregator.is_resolved(info.partition_id):
+                raise UpdateRejected(f"a second train reply from partition {info.partition_id}")
+            info, ids, rows, loss, spent = self._check_train_reply(reply, info, copy=False)
+        except UpdateRejected as err:
+            self._reject(server_round, reply, str(err))
+            if info is not None and not state.aggregator.is_resolved(info.partition_id):
+                state.aggregator.skip(info.partition_id)
+            return True
+        if spent is not None:
+            state.privacy[str(info.partition_id)] = spent
+        state.accepted[info.partition_id] = (float(info.num_train), loss)
+        state.aggregator.submit(info.partition_id, ids, rows, self._weight(info))
+        return True
+
+    def finish_train(self, server_round: int, result: ExchangeResult) -> dict[str, Any]:
+        state = self._train_round
+        if not self.streaming or state is None or state.server_round != server_round:
+            return self.aggregate_train(server_round, result)
+        for reply in result.replies:  # replies the loop did not hand over one by one
+            self.accumulate_train(server_round, reply)
+        self._train_round = None
+        needed = self.min_replies("train", len(self.clients))
+        if len(state.accepted) < needed:
+            self._discard(state)
+            raise RoundFailed(f"round {server_round}: {len(state.accepted)} valid updates, {needed} needed")
+        self.table = state.aggregator.finish()
+        accepted = [(pid, *state.accepted[pid]) for pid in sorted(state.accepted)]
+        return self._round_row(server_round, accepted, state.seen, state.privacy)
+
+    def abort_train(self, server_round: int) -> None:
+        state = self._train_round
+        if state is not None and state.server_round == server_round:
+            self._train_round = None
+            self._discard(state)
+
+    def _discard(self, state: _TrainRound) -> None:
+        """Drop a failed round's buffers; a table already written in place is no longer valid."""
+        touched = state.aggregator.touched
+        state.aggregator.abandon()
+        if touched:
+            self.table = None
+
+    # list path (streaming=False) ------------------------------------------------------------
+    def aggregate_train(self, server_round: int, result: ExchangeResult) -> dict[str, Any]:
+        assert self.table is not None
+        accepted: list[tuple[int, np.ndarray, np.ndarray, float, float | None]] = []
+        privacy: dict[str, dict[str, float]] = {}
+        for reply in result.replies:
+            info = self._client_of(reply)
+            try:
+                info, ids, rows, loss, spent = self._check_train_reply(reply, info, copy=True)
+            except UpdateRejected as err:
+                self._reject(server_round, reply, str(err))
+                continue
+            if spent is not None:
+                privacy[str(info.partition_id)] = spent
+            accepted.append((info.partition_id, ids, rows, float(info.num_train), loss))
+        needed = self.min_replies("train", len(self.clients))
+        if len(accepted) < needed:
+            raise RoundFailed(f"round {server_round}: {len(accepted)} valid updates, {needed} needed")
+        accepted.sort(key=lambda item: item[0])  # deterministic order: partition id
+        weights = [a[3] for a in accepted] if self.cfg.strategy.aggregation == "count-weighted" else None
+        self.table = fede_aggregate(self.table, [(a[1], a[2]) for a in accepted], weights=weights)
+        return self._round_row(server_round, [(a[0], a[3], a[4]) for a in accepted], len(result.replies), privacy)
+
     def aggregate_evaluate(self, server_round: int, result: ExchangeResult, split: str) -> dict[str, Any]:
-        per_client = []
+        per_client: list[tuple[int, dict[str, float]]] = []
         valid_mrr: dict[int, float] = {}
         for reply in result.replies:
             info = self._client_of(reply)
             try:
                 if info is None:
                     raise UpdateRejected(f"reply from unregistered node {reply.metadata.src_node_id}")
-                metrics = reply.content.metric_records.get("metrics", MetricRecord())
+                metrics = content_record(reply, "metrics", MetricRecord)
+                metrics = MetricRecord() if metrics is None else metrics
                 count = _number(metrics, "count")
                 expected = self.eval_counts[info.partition_id][split]
                 if count != expected:
@@ -248,7 +401,7 @@ class FedEStrategy(RoundStrategy):
             except UpdateRejected as err:
                 self._reject(server_round, reply, f"evaluate: {err}")
                 continue
-            per_client.append(values)
+            per_client.append((info.partition_id, values))
             if count:
                 valid_mrr[info.partition_id] = values["mrr"]
         needed = self.min_replies("evaluate", len(self.clients))
@@ -256,4 +409,5 @@ class FedEStrategy(RoundStrategy):
             raise RoundFailed(f"round {server_round} {split}: {len(per_client)} valid evaluations, {needed} needed")
         if self.noise is not None and split == "valid" and self.cfg.privacy.adaptive_signal == "mrr":
             self.noise.observe(server_round, valid_mrr)
-        return weighted_average(per_client)
+        # partition-id order, as the sequential runner sums: the float result must not depend on arrival order
+        return weighted_average([values for _, values in sorted(per_client, key=lambda item: item[0])])

@@ -46,7 +46,23 @@ def _attacks(**kwargs: Any) -> dict[str, Any]:
     return bench_attacks(**kwargs)
 
 
+def _servermem(**kwargs: Any) -> dict[str, Any]:
+    from fedsim.bench.servermem import bench_servermem
+
+    return bench_servermem(**kwargs)
+
+
+BENCHMARKS.add("servermem", _servermem, "FedE ServerApp peak memory per exchanged table: list path vs streaming")
+
+
+def _deploy(**kwargs: Any) -> dict[str, Any]:
+    from fedsim.bench.deploy import bench_deploy
+
+    return bench_deploy(**kwargs)
+
+
 BENCHMARKS.add("attacks", _attacks, "candidates scored per second per attack on one recorded FB15k-237 run")
 BENCHMARKS.add("dpflames", _dpflames, "one client's round on a 14,541 x 256 table: fede vs dp-naive vs dp-flames")
 BENCHMARKS.add("opboost", _opboost, "OpBoost: mechanism throughput (values/s, one core) and the Adult fit vs plain XGBoost")
+BENCHMARKS.add("deploy", _deploy, "local deployment: per-round fixed cost, Flower's per-message ClientApps vs long-lived ones; ServerApp peak RSS")
 BENCHMARKS.add("fkge", _fkge, "FedE UMLS 3 clients: Flower+Ray simulation vs the same training in one process")

@@ -17,7 +17,7 @@ def test_list_names_presets_and_choices(capsys: pytest.CaptureFixture[str]) -> N
     assert "datasets: nations, kinships, umls, fb15k-237, wn18rr" in out
     assert "models: transe, distmult, complex, rotate" in out
     assert "partitions: relation, entity_overlap, random_triple" in out
-    assert "benchmarks: attacks, dpflames, fkge, opboost" in out
+    assert "benchmarks: attacks, deploy, dpflames, fkge, opboost, servermem" in out
     assert "attacks: cia, cip, cip-code, fedr, opboost-reconstruct, sia" in out
     assert "campaigns: fb15k237-paper, kg-small" in out
 

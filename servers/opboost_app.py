@@ -14,14 +14,14 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
-from fedsim.config import ExperimentConfig, from_dict
+from fedsim.config import ExperimentConfig
 from fedsim.opboost import protocol as P
 from fedsim.opboost.party import ActiveParty
 from fedsim.opboost.partydata import read_party_dir
 from fedsim.opboost.pipeline import ACTIVE_DIR, evaluate, passive_dir, xgb_params
 from fedsim.record import RecordingGrid, RecordWriter
 from fedsim.rundir import RunDir
-from servers.serving import CONFIG_KEY, RUN_DIR_KEY, serving_app
+from servers.serving import serve_run, serving_app
 from servers.loop import ExchangeResult, exchange, message_nbytes, wait_for_nodes
 
 ACTIVE_DATA_KEY = "fedsim-active-data-dir"  # run-config key: the active party's own directory (node-local)
@@ -153,28 +153,20 @@ def _copy(content: RecordDict) -> RecordDict:
 
 def serve(grid: Grid, run_config: Mapping[str, Any]) -> dict[str, Any]:
     """Run one OpBoost fit through ``grid``; everything lands in the run directory."""
-    missing = [k for k in (CONFIG_KEY, RUN_DIR_KEY) if not run_config.get(k)]
-    if missing:
-        raise ValueError(f"ServerApp run config lacks {missing}; start runs with `fedsim run`")
-    cfg: ExperimentConfig = from_dict(json.loads(str(run_config[CONFIG_KEY])))
-    run_dir = RunDir(str(run_config[RUN_DIR_KEY]))
+    return serve_run(grid, run_config, _run_opboost)
+
+
+def _run_opboost(grid: Grid, cfg: ExperimentConfig, run_dir: RunDir, run_config: Mapping[str, Any]) -> dict[str, Any]:
     active_dir = str(run_config.get(ACTIVE_DATA_KEY) or Path(cfg.opboost.party_root) / ACTIVE_DIR)
-    run_dir.set_status("running")
     t0 = time.monotonic()
-    try:
-        with RecordWriter(run_dir.path, int(grid.run.run_id)) as writer:
-            rgrid = RecordingGrid(grid, writer)
-            server = OpBoostServer(rgrid, cfg, run_dir, active_dir)
-            nodes = wait_for_nodes(rgrid, cfg.data.num_clients, cfg.runtime.startup_timeout, cfg.runtime.poll_interval)
-            server.connect(nodes)
-            result = server.fit()
-        result["strategy_seconds"] = time.monotonic() - t0
-        run_dir.write_json("result.json", result)
-        run_dir.set_status("finished")
-        return result
-    except BaseException as err:
-        run_dir.set_status("failed", error=f"{type(err).__name__}: {err}")
-        raise
+    with RecordWriter(run_dir.path, int(grid.run.run_id)) as writer:
+        rgrid = RecordingGrid(grid, writer)
+        server = OpBoostServer(rgrid, cfg, run_dir, active_dir)
+        nodes = wait_for_nodes(rgrid, cfg.data.num_clients, cfg.runtime.startup_timeout, cfg.runtime.poll_interval)
+        server.connect(nodes)
+        result = server.fit()
+    result["strategy_seconds"] = time.monotonic() - t0
+    return result
 
 
 def make_server_app(run_config_override: Mapping[str, Any] | None = None) -> ServerApp:

@@ -3,24 +3,45 @@ protocol's `serve(grid, run_config)`."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from fedsim.config import ExperimentConfig
+from fedsim.config import ExperimentConfig, from_dict
 from fedsim.rundir import RunDir
 
 CONFIG_KEY = "fedsim-config"  # run-config key: the resolved experiment config as JSON
 RUN_DIR_KEY = "fedsim-run-dir"  # run-config key: where the ServerApp writes the run
 
 ServeFn = Callable[[Grid, Mapping[str, Any]], Any]
+RunBody = Callable[[Grid, ExperimentConfig, RunDir, Mapping[str, Any]], dict[str, Any]]
 
 
 def server_run_config(cfg: ExperimentConfig, run_dir: RunDir) -> dict[str, str]:
     """The run config a runtime hands a ServerApp."""
     return {CONFIG_KEY: cfg.to_json(), RUN_DIR_KEY: str(run_dir.path)}
+
+
+def serve_run(grid: Grid, run_config: Mapping[str, Any], body: RunBody) -> dict[str, Any]:
+    """Read the run config, run `body`, write result.json; status.json says running, then finished or failed
+    (with the error) whatever happens."""
+    missing = [k for k in (CONFIG_KEY, RUN_DIR_KEY) if not run_config.get(k)]
+    if missing:
+        raise ValueError(f"ServerApp run config lacks {missing}; start runs with `fedsim run`")
+    cfg = from_dict(json.loads(str(run_config[CONFIG_KEY])))
+    run_dir = RunDir(str(run_config[RUN_DIR_KEY]))
+    run_dir.set_status("running")
+    try:
+        result = body(grid, cfg, run_dir, run_config)
+        run_dir.write_json("result.json", result)
+        run_dir.set_status("finished")
+        return result
+    except BaseException as err:
+        run_dir.set_status("failed", error=f"{type(err).__name__}: {err}")
+        raise
 
 
 def serving_app(serve: ServeFn, run_config_override: Mapping[str, Any] | None = None) -> ServerApp:

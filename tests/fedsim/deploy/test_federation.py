@@ -23,6 +23,7 @@ from fedsim.config import load_config
 from fedsim.deploy.certs import FederationError, Layout, init_federation
 from fedsim.deploy import federation as fd
 from fedsim.runtime.process import ProcessSet, free_port
+from tests.fedsim.deploy.procs import all_pids, still_running
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -34,26 +35,6 @@ def _gone(pids: set[int]) -> set[int]:
         try:
             if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
                 alive.add(pid)
-        except psutil.NoSuchProcess:
-            pass
-    return alive
-
-
-def _all_pids(procs: ProcessSet) -> dict[int, psutil.Process]:
-    procs.remember_descendants()
-    out = {}
-    for p in procs.procs:
-        out[p.pid] = p.process
-        out.update(p.known)
-    return out
-
-
-def _still_running(procs: dict[int, psutil.Process]) -> list[int]:
-    alive = []
-    for pid, proc in procs.items():
-        try:
-            if proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE:
-                alive.append(pid)
         except psutil.NoSuchProcess:
             pass
     return alive
@@ -107,15 +88,15 @@ def federation(tmp_path_factory: pytest.TempPathFactory) -> Any:
             f.node_ids[node.name] = fd.wait_supernode_connected(node, f.address, timeout=60)
         f.timings["nodes_connected"] = time.monotonic() - t0
         yield f
-        pids = _all_pids(f.procs)
+        pids = all_pids(f.procs)
     finally:
-        pids = pids or _all_pids(f.procs)
+        pids = pids or all_pids(f.procs)
         t = time.monotonic()
         f.procs.stop_all(grace=3.0)
         f.timings["stop_all"] = time.monotonic() - t
         mp.undo()
         print("federation timings:", json.dumps(f.timings))
-    assert not _still_running(pids), f"processes left running: {_still_running(pids)}"
+    assert not still_running(pids), f"processes left running: {still_running(pids)}"
     assert not any(home.iterdir()), f"state written to HOME: {list(home.iterdir())}"
 
 
@@ -231,7 +212,7 @@ def test_secure_run_end_to_end(federation: Federation, tmp_path: Path) -> None:
     assert f'root-certificates = "{(submitter / "ca.crt").resolve()}"' in config and "insecure" not in config
     # `flwr run` and its children are gone; only the federation's daemons remain
     after = {p.pid for p in psutil.Process().children(recursive=True)}
-    daemons = set(_all_pids(f.procs))
+    daemons = set(all_pids(f.procs))
     assert not _gone((after - before) - daemons)
     assert len(_online(f)) == 2
 
@@ -420,7 +401,7 @@ def test_foreground_superlink_command_stops_by_pid_on_sigterm(fed_dir: Path, tmp
         assert fd.superlink_healthy("127.0.0.1", port, Layout(fed_dir).ca_cert)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
-        assert not _still_running({p.pid: p for p in [link, *children]})
+        assert not still_running({p.pid: p for p in [link, *children]})
         assert not fd.superlink_healthy("127.0.0.1", port, Layout(fed_dir).ca_cert)
     finally:
         if proc.poll() is None:

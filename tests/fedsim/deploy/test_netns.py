@@ -24,6 +24,7 @@ import pytest
 
 from fedsim.deploy.certs import Layout, init_federation
 from fedsim.runtime.process import ManagedProcess, ProcessSet
+from tests.fedsim.deploy.procs import all_pids, still_running
 
 pytestmark = pytest.mark.slow
 
@@ -94,26 +95,6 @@ def _wait_line(proc: ManagedProcess, needle: str, timeout: float) -> dict[str, A
     pytest.fail(f"{proc.name}: no {needle} within {timeout} s:\n{proc.tail(40)}")
 
 
-def _all_pids(procs: ProcessSet) -> dict[int, psutil.Process]:
-    procs.remember_descendants()
-    out = {}
-    for p in procs.procs:
-        out[p.pid] = p.process
-        out.update(p.known)
-    return out
-
-
-def _running(pids: dict[int, psutil.Process]) -> list[int]:
-    alive = []
-    for pid, proc in pids.items():
-        try:
-            if proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE:
-                alive.append(pid)
-        except psutil.NoSuchProcess:
-            pass
-    return alive
-
-
 @pytest.fixture(scope="module")
 def hosts(netns: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Any:
     base = tmp_path_factory.mktemp("netns")
@@ -158,12 +139,12 @@ def hosts(netns: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> An
         info["nodes"] = nodes
         info["timings"]["nodes"] = time.monotonic() - t0
         yield info
-        pids = _all_pids(procs)
+        pids = all_pids(procs)
     finally:
-        pids = pids or _all_pids(procs)
+        pids = pids or all_pids(procs)
         procs.stop_all(grace=3.0)
         print("netns timings:", json.dumps(info["timings"]))
-    assert not _running(pids), f"processes left running: {_running(pids)}"
+    assert not still_running(pids), f"processes left running: {still_running(pids)}"
     assert not any(home.iterdir()), f"state written to HOME: {list(home.iterdir())}"
 
 

@@ -10,6 +10,18 @@ from fedsim.registry import Registry
 BenchFn = Callable[..., dict[str, Any]]
 
 
+def save_report(report: dict[str, Any], out: str | None) -> dict[str, Any]:
+    """Write `report` as JSON to `out` (parent folders created, atomic) when given; return it."""
+    if out:
+        from pathlib import Path
+
+        from fedsim.rundir import write_json_atomic
+
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(Path(out), report)
+    return report
+
+
 def bench_params(name: str, defaults: dict[str, Any], overrides: list[str] | None) -> dict[str, Any]:
     """`defaults` with `--set key=value` overrides, each value cast to its default's type."""
     params = dict(defaults)

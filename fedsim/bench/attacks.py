@@ -8,8 +8,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from fedsim.bench import bench_params
-from fedsim.rundir import environment_info, new_run_id, write_json_atomic
+from fedsim.bench import bench_params, save_report
+from fedsim.rundir import environment_info, new_run_id
 
 DEFAULTS: dict[str, Any] = {"run_dir": "", "preset": "fede-fb15k237-overlap", "size": 2000, "repeats": 3,
                             "attacks": "sia,cip,cip-code,cia,fedr", "out_dir": "runs"}
@@ -65,6 +65,4 @@ def bench_attacks(out: str | None = None, overrides: list[str] | None = None) ->
         "sia_within_budget": (results["sia"]["attack_run_seconds"] <= SIA_BUDGET_SECONDS) if "sia" in results else None,
         "sia_budget_seconds": SIA_BUDGET_SECONDS, "environment": environment_info(),
     }
-    if out:
-        write_json_atomic(Path(out), report)
-    return report
+    return save_report(report, out)

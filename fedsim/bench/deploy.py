@@ -31,8 +31,8 @@ from typing import Any
 
 import psutil
 
-from fedsim.bench import bench_params
-from fedsim.rundir import RunDir, environment_info, write_json_atomic
+from fedsim.bench import bench_params, save_report
+from fedsim.rundir import RunDir, environment_info
 
 DEFAULTS: dict[str, Any] = {
     "quick": 0,  # 1: test setting (see the module doc)
@@ -215,7 +215,4 @@ def bench_deploy(out: str | None = None, overrides: list[str] | None = None) -> 
     }
     if medians.get("subprocess") is not None and (medians.get("process") or 0) > 0:
         report["fixed_cost_ratio_subprocess_over_process"] = medians["subprocess"] / medians["process"]
-    if out:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(Path(out), report)
-    return report
+    return save_report(report, out)

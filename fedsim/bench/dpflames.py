@@ -9,11 +9,10 @@ import resource
 import subprocess
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
-from fedsim.bench import bench_params
-from fedsim.rundir import environment_info, write_json_atomic
+from fedsim.bench import bench_params, save_report
+from fedsim.rundir import environment_info
 
 DEFAULTS = {"entities": 14541, "relations": 237, "dim": 256, "triples": 20000, "batch": 64, "neg": 64,
             "sigma": 1.0, "clip": 1.0, "selection_epsilon": 0.5, "seed": 0}
@@ -95,10 +94,7 @@ def bench_dpflames(out: str | None = None, overrides: list[str] | None = None) -
         "targets": {"time_ratio_max": 2.0, "memory_ratio_max": 1.2},
         "environment": environment_info(),
     }
-    if out:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(Path(out), report)
-    return report
+    return save_report(report, out)
 
 
 if __name__ == "__main__":

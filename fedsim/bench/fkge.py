@@ -12,9 +12,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from fedsim.bench import save_report
 from fedsim.bench.memory import PeakRss
 from fedsim.config import load_config
-from fedsim.rundir import RunDir, environment_info, write_json_atomic
+from fedsim.rundir import RunDir, environment_info
 
 BASE_OVERRIDES = ("train.rounds=20", "train.eval_every=0")
 
@@ -106,7 +107,4 @@ def bench_fkge(out: str | None = None, overrides: list[str] | None = None) -> di
         "environment": environment_info(),
         "work_dir": str(work),
     }
-    if out:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(Path(out), report)
-    return report
+    return save_report(report, out)

@@ -27,8 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from fedsim.bench import bench_params
-from fedsim.rundir import environment_info, write_json_atomic
+from fedsim.bench import bench_params, save_report
+from fedsim.rundir import environment_info
 
 DEFAULTS: dict[str, Any] = {
     "quick": 0,  # 1: test setting (see the module doc)
@@ -343,7 +343,4 @@ def bench_opboost(out: str | None = None, overrides: list[str] | None = None) ->
     report["end_to_end"] = end_to_end(p) if int(p["e2e"]) else {"skipped": "e2e=0"}
     report["seconds"] = time.perf_counter() - t0
     report["environment"] = environment_info()
-    if out:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(Path(out), report)
-    return report
+    return save_report(report, out)

@@ -37,8 +37,8 @@ from typing import Any
 
 import numpy as np
 
-from fedsim.bench import bench_params
-from fedsim.rundir import environment_info, write_json_atomic
+from fedsim.bench import bench_params, save_report
+from fedsim.rundir import environment_info
 
 DEFAULTS: dict[str, Any] = {
     "entities": "14541,100000",  # table sizes (rows), comma-separated
@@ -405,10 +405,7 @@ def bench_servermem(out: str | None = None, overrides: list[str] | None = None) 
         "targets": {"exchange_peak_over_table_max": TARGET_MAX_MULTIPLE},
         "environment": environment_info(),
     }
-    if out:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(Path(out), report)
-    return report
+    return save_report(report, out)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from fedsim.config import ISOLATIONS, RuntimeConfig
 from fedsim.deploy.certs import DEFAULT_PORT, FederationError
+
+DEFAULT_POLL_INTERVAL = RuntimeConfig.poll_interval
 
 
 def _print(obj: dict[str, Any]) -> None:
@@ -150,18 +153,20 @@ def cmd_supernode(args: argparse.Namespace) -> int:
             procs, ca=ca, key=key, superlink=superlink, partition_id=partition, num_partitions=num,
             data_dir=args.data_dir, state_dir=_state_dir(args.state_dir, name), name=name, host=args.host,
             port=args.port, node_config=extra, connect_timeout=args.connect_timeout, max_retries=args.max_retries,
-            max_wait_time=args.max_wait_time,
+            max_wait_time=args.max_wait_time, isolation=args.isolation, poll_interval=args.poll_interval,
         )
     except BaseException:
         procs.stop_all()
         raise
-    from fedsim.deploy.federation import node_id_in_log
+    from fedsim.deploy.federation import clientapp_worker, node_id_in_log
 
+    worker = clientapp_worker(procs, node)
     _print({"started": "supernode", "name": name, "pid": node.pid, "superlink": superlink,
             "node_id": node_id_in_log(node), "partition_id": partition, "num_partitions": num,
             "data_dir": str(Path(args.data_dir).resolve()), "runtime_api": f"{args.host}:{args.port}",
-            "log": str(node.log_path)})
-    return run_foreground(procs, node, follow=not args.no_follow)
+            "isolation": args.isolation, "clientapp_pid": worker.pid if worker else None,
+            "log": str(node.log_path), "clientapp_log": str(worker.log_path) if worker else None})
+    return run_foreground(procs, node, follow=not args.no_follow, watch=[worker] if worker else [])
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -235,8 +240,16 @@ def add_deploy_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--node-config", action="append", metavar="KEY=VALUE", help="extra node config entries")
     p.add_argument("--name", help="name in logs (default: node.json)")
     p.add_argument("--host", default="127.0.0.1", help="address of this node's runtime API (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=9094, help="port of this node's runtime API (default 9094; one per node)")
-    p.add_argument("--state-dir", help="FLWR_HOME and log (default ./fedsim-state/NAME)")
+    p.add_argument("--port", type=int, default=9094, help="port of this node's runtime API (default 9094; one per node; the ClientApp "
+                   "worker connects to it)")
+    p.add_argument("--isolation", choices=ISOLATIONS, default="process",
+                   help="how ClientApps run: 'process' (default) = one long-lived ClientApp worker next to the node, "
+                   "serving every message over the node's runtime API; 'subprocess' = Flower's default, a fresh "
+                   "process per message (seconds of fixed cost per round)")
+    p.add_argument("--poll-interval", type=float, default=DEFAULT_POLL_INTERVAL,
+                   help=f"isolation 'process': seconds between the node's idle pulls from the SuperLink and the "
+                   f"worker's task polls (default {DEFAULT_POLL_INTERVAL:g}, as runtime.poll_interval)")
+    p.add_argument("--state-dir", help="FLWR_HOME, SuperExec secret and logs (default ./fedsim-state/NAME)")
     p.add_argument("--connect-timeout", type=float, default=15.0,
                    help="seconds to wait for an unreachable SuperLink before starting (default 15)")
     p.add_argument("--max-retries", type=int, default=5, help="SuperNode reconnection attempts (default 5)")

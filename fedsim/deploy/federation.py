@@ -19,12 +19,25 @@ How Flower 1.42 does it (checked on loopback):
   ``root-certificates = "/abs/ca.crt"`` (no ``insecure`` key, or ``insecure = false``). Open-source Flower has no
   account authentication: no ``flwr login``; anyone who reaches the port and trusts the CA can use the Control
   API (submit runs, register nodes), so keep the port on a private network or behind a firewall.
+
+How fedsim runs a SuperNode's ClientApp (``isolation``, as ``runtime.isolation`` of ``deploy-local``):
+
+- ``"process"`` (default): the SuperNode runs under fedsim's ``python -m fedsim.runtime.deploy_local
+  flower-supernode`` wrapper (idle pull capped at ``poll_interval``) with ``--isolation process`` and a fresh
+  SuperExec secret (``STATE_DIR/superexec.secret``, mode 0600); next to it fedsim starts ONE long-lived ClientApp
+  worker (``python -m fedsim.runtime.deploy_local clientapp``) that claims the node's ClientApp tasks over the
+  node's Runtime API (``--host``/``--port``, plain HTTP, local to the host; Flower 1.42 has no separate ClientAppIo
+  flag) signing its claims with the secret, and serves every message in-process. The worker exits when its
+  SuperNode's PID ends; both are in the caller's ProcessSet and stopped by PID.
+- ``"subprocess"``: Flower's default; the SuperNode spawns a `flower-superexec`, which starts a fresh
+  `flwr-clientapp` process per message (seconds of fixed cost per round).
 """
 
 from __future__ import annotations
 
 import errno
 import json
+import math
 import os
 import re
 import socket
@@ -46,12 +59,15 @@ from fedsim.deploy.certs import (
     is_bind_all,
     split_host_port,
 )
-from fedsim.runtime.deploy_local import _bin, toml_string
+from fedsim.config import ISOLATIONS, RuntimeConfig
+from fedsim.runtime.deploy_local import _bin, clientapp_argv, supernode_argv, toml_string, write_superexec_secret
 from fedsim.runtime.environment import runtime_env
 from fedsim.runtime.process import ManagedProcess, ProcessSet
 
 CONNECTION = "fedsim"  # the connection name fedsim writes into $FLWR_HOME/config.toml
 DEFAULT_SUPERNODE_PORT = 9094
+DEFAULT_POLL_INTERVAL = RuntimeConfig.poll_interval  # deploy-local's default (runtime.poll_interval)
+SECRET_FILE = "superexec.secret"  # in a SuperNode's state dir (isolation "process")
 
 
 # ------------------------------------------------------------------------------------------------ network
@@ -364,6 +380,63 @@ def check_node_config(partition_id: int | None, num_partitions: int | None, data
     return path.resolve()
 
 
+def check_isolation(isolation: str, poll_interval: float) -> None:
+    if isolation not in ISOLATIONS:
+        raise FederationError(f"isolation {isolation!r}: choose one of {', '.join(ISOLATIONS)}")
+    if not 0 < poll_interval < math.inf:
+        raise FederationError(f"poll interval {poll_interval!r}: must be a positive number of seconds")
+
+
+def runtime_api_address(host: str, port: int) -> str:
+    """Where a process on this host reaches a SuperNode's Runtime API bound to `host`."""
+    h = connect_host(host)
+    return f"[{h}]:{port}" if ":" in h else f"{h}:{port}"
+
+
+def supernode_command(
+    *,
+    ca: Path,
+    key: Path,
+    superlink: str,
+    node_config: str,
+    host: str,
+    port: int,
+    max_retries: int,
+    max_wait_time: float,
+    isolation: str,
+    poll_interval: float,
+    secret_file: Path | None,
+) -> list[str]:
+    """The SuperNode's command line: TLS to `superlink` trusting `ca`, signed with `key`; `flower-supernode
+    --isolation subprocess`, or (isolation "process") fedsim's wrapper with ``--isolation process`` and the
+    SuperExec secret file."""
+    args = [
+        "--root-certificates", str(ca), "--superlink", superlink, "--auth-supernode-private-key", str(key),
+        "--node-config", node_config, "--host", host, "--port", str(port),
+        "--max-retries", str(max_retries), "--max-wait-time", f"{max_wait_time:g}",
+    ]
+    if isolation == "subprocess":
+        args += ["--isolation", "subprocess"]
+    return supernode_argv(isolation, args, poll_interval=poll_interval, secret_file=secret_file)
+
+
+def clientapp_command(host: str, port: int, supernode_pid: int, *, poll_interval: float, secret_file: Path,
+                      startup_timeout: float) -> list[str]:
+    """The long-lived ClientApp worker of the SuperNode `supernode_pid` whose Runtime API is `host`:`port`."""
+    argv = clientapp_argv(port, supernode_pid, poll_interval=poll_interval, secret_file=secret_file,
+                          startup_timeout=startup_timeout)
+    argv[argv.index("--runtime-api-address") + 1] = runtime_api_address(host, port)
+    return argv
+
+
+def clientapp_worker(procs: ProcessSet, node: ManagedProcess) -> ManagedProcess | None:
+    """The ClientApp worker `start_supernode` started for `node` (isolation "process"), else None."""
+    for p in procs.procs:
+        if p is not node and _supernode_arg(p, "--supernode-pid") == str(node.pid):
+            return p
+    return None
+
+
 def start_supernode(
     procs: ProcessSet,
     *,
@@ -381,45 +454,62 @@ def start_supernode(
     connect_timeout: float = 15.0,
     max_retries: int = 5,
     max_wait_time: float = 30.0,
-    isolation: str = "subprocess",
+    isolation: str = "process",
+    poll_interval: float = DEFAULT_POLL_INTERVAL,
     wait_connected: bool = True,
     log_path: str | os.PathLike[str] | None = None,
 ) -> ManagedProcess:
     """Check the node config, the CA and key files, the runtime port and the SuperLink (a verified TLS handshake,
-    retried while unreachable for at most `connect_timeout` s), then start `flower-supernode` with TLS and the
-    authentication key; with `wait_connected`, wait until the SuperLink accepted it ("SuperNode ID" in its log).
-    A refused (unregistered) key or any early exit raises FederationError naming the key file; the process is
-    stopped by PID on every failure."""
+    retried while unreachable for at most `connect_timeout` s), then start the SuperNode with TLS and the
+    authentication key and, with isolation "process" (default), its long-lived ClientApp worker (see the module
+    doc; `clientapp_worker` finds it in `procs`); with `wait_connected`, wait until the SuperLink accepted the
+    node ("SuperNode ID" in its log) and the worker reached the node's Runtime API. A refused (unregistered) key
+    or any early exit raises FederationError naming the key file; everything started is stopped by PID on every
+    failure. Returns the SuperNode's process."""
+    check_isolation(isolation, poll_interval)
     data = check_node_config(partition_id, num_partitions, data_dir)
     files = check_supernode_files(ca, key)
     link_host, link_port = split_host_port(superlink)
-    check_port_free(host, port, f"{name} runtime API (--port)")
+    worker_note = ", which its ClientApp worker connects to" if isolation == "process" else ""
+    check_port_free(host, port, f"{name} runtime API (--port{worker_note})")
     ca_path = Path(files["ca"]).resolve()
     wait_reachable(link_host, link_port, ca_path, connect_timeout)
     state = Path(state_dir).expanduser().resolve()
     state.mkdir(parents=True, exist_ok=True)
     env = runtime_env(state)
     log = Path(log_path) if log_path else state / f"{name}.log"
-    argv = [
-        _bin("flower-supernode"),
-        "--root-certificates", str(ca_path), "--superlink", superlink,
-        "--auth-supernode-private-key", str(Path(files["key"]).resolve()),
-        "--node-config", node_config_string(int(partition_id), int(num_partitions), str(data), node_config),
-        "--isolation", isolation, "--host", host, "--port", str(port),
-        "--max-retries", str(max_retries), "--max-wait-time", str(max_wait_time),
-    ]
-    proc = procs.start(name, argv, log, env, cwd=state)
-    if wait_connected:
-        try:
+    secret = write_superexec_secret(state / SECRET_FILE) if isolation == "process" else None
+    argv = supernode_command(
+        ca=ca_path, key=Path(files["key"]).resolve(), superlink=superlink,
+        node_config=node_config_string(int(partition_id), int(num_partitions), str(data), node_config),
+        host=host, port=port, max_retries=max_retries, max_wait_time=max_wait_time, isolation=isolation,
+        poll_interval=poll_interval, secret_file=secret,
+    )
+    started = [procs.start(name, argv, log, env, cwd=state)]
+    proc = started[0]
+    try:
+        worker = None
+        if secret is not None:
+            # the worker waits for the Runtime API while the node may still be retrying the SuperLink
+            worker_argv = clientapp_command(host, port, proc.pid, poll_interval=poll_interval, secret_file=secret,
+                                            startup_timeout=max_wait_time + 60.0)
+            worker = procs.start(f"{name}-clientapp", worker_argv, log.with_name(f"{log.stem}-clientapp.log"), env,
+                                 cwd=state)
+            started.append(worker)
+        if wait_connected:
             wait_supernode_connected(proc, superlink, timeout=max_wait_time + 15.0)
-        except BaseException:
-            proc.stop()
-            raise
+            if worker is not None:
+                _wait(lambda: "serving SuperNode" in worker.tail(20), 30.0, worker,
+                      f"{worker.name} reaching {runtime_api_address(host, port)}")
+    except BaseException:
+        for p in reversed(started):
+            p.stop()
+        raise
     return proc
 
 
 def _supernode_arg(proc: ManagedProcess, flag: str) -> str:
-    return proc.argv[proc.argv.index(flag) + 1] if flag in proc.argv else "?"
+    return proc.argv[proc.argv.index(flag) + 1] if flag in proc.argv[:-1] else "?"
 
 
 def wait_supernode_connected(proc: ManagedProcess, superlink: str, timeout: float = 45.0) -> str:
@@ -446,9 +536,10 @@ def wait_supernode_connected(proc: ManagedProcess, superlink: str, timeout: floa
 
 
 def run_foreground(procs: ProcessSet, main: ManagedProcess, echo: Callable[[str], None] = print,
-                   follow: bool = True) -> int:
-    """Block until `main` exits or SIGTERM/SIGINT arrives (systemd's stop), echoing its log; then stop every
-    process of `procs` by PID. Returns `main`'s exit code (0 after a requested stop)."""
+                   follow: bool = True, watch: Sequence[ManagedProcess] = ()) -> int:
+    """Block until `main` (or one of `watch`, e.g. a SuperNode's ClientApp worker) exits or SIGTERM/SIGINT
+    arrives (systemd's stop), echoing `main`'s log; then stop every process of `procs` by PID. Returns `main`'s
+    exit code (0 after a requested stop; a watched process's code, at least 1, when it ended first)."""
     import signal
 
     stop = {"requested": False}
@@ -458,21 +549,34 @@ def run_foreground(procs: ProcessSet, main: ManagedProcess, echo: Callable[[str]
 
     old = {s: signal.signal(s, handler) for s in (signal.SIGTERM, signal.SIGINT)}
     offset = 0
+    ended: ManagedProcess | None = None
+    main_rc: int | None = None
     try:
         while not stop["requested"] and main.poll() is None:
+            ended = next((w for w in watch if w.poll() is not None), None)
+            if ended is not None:
+                break
             if follow:
                 offset = _echo_new(main.log_path, offset, echo)
             procs.remember_descendants()
             time.sleep(0.5)
+        main_rc = main.poll()
         if follow:
             _echo_new(main.log_path, offset, echo)
+        if ended is not None and main_rc is None:
+            echo(f"{ended.name} exited with code {ended.poll()} (log {ended.log_path}); stopping {main.name}")
+            for line in ended.tail(20).splitlines():
+                echo(line)
     finally:
         procs.stop_all()
         for s, h in old.items():
             signal.signal(s, h)
     if stop["requested"]:
         return 0
-    rc = int(main.poll() or 0)
+    if main_rc is None and ended is not None:  # a watched process ended first
+        rc = int(ended.poll() or 1)
+    else:
+        rc = int(main_rc or 0)
     return 128 - rc if rc < 0 else rc  # killed by signal N: 128 + N, as a shell reports it
 
 

@@ -113,7 +113,7 @@ def run_deploy_remote_job(run_dir: RunDir, cfg: ExperimentConfig, progress: Prog
     write_flwr_config(Path(env["FLWR_HOME"]), r.superlink, ca)
     run_config = server_run_config(cfg, run_dir)
     run_config[RUN_DIR_KEY] = str(run_path)  # the ServerApp on the SuperLink host writes here
-    app_dir = write_app(run_dir.state / "app", run_config, cfg.protocol)
+    app_dir = write_app(run_dir.state / "app", run_config, cfg.protocol, pull_backoff=cfg.runtime.poll_interval)
     run_dir.write_json("deploy.json", {
         "superlink": r.superlink, "ca": str(ca), "run_dir": str(run_path),
         "run_dir_access": "same host" if local else

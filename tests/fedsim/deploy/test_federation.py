@@ -416,3 +416,58 @@ def test_bind_all_needs_a_loopback_san(tmp_path: Path) -> None:
         fd.start_superlink(procs, Layout(tmp_path / "f").superlink_dir, state_dir=tmp_path / "s", host="0.0.0.0",
                            port=free_port())
     assert not procs.procs
+
+
+# ------------------------------------------------------------------------------------------ ClientApp isolation
+
+
+def test_supernode_command_lines(fed_dir: Path, tmp_path: Path) -> None:
+    """isolation "process" (default): fedsim's SuperNode wrapper with --isolation process and the SuperExec
+    secret, TLS and node key as with "subprocess"; the worker reaches the node's runtime API on loopback."""
+    common = dict(ca=tmp_path / "ca.crt", key=tmp_path / "node.key", superlink="10.0.0.5:8000",
+                  node_config="partition-id=0 num-partitions=2", host="127.0.0.1", port=9094, max_retries=5,
+                  max_wait_time=30.0, poll_interval=0.25)
+    secret = tmp_path / "superexec.secret"
+    proc = fd.supernode_command(isolation="process", secret_file=secret, **common)
+    assert proc[:5] == [sys.executable, "-m", "fedsim.runtime.deploy_local", "flower-supernode", "--poll-interval"]
+    assert proc[5:7] == ["0.25", "--"]
+    assert proc[-4:] == ["--isolation", "process", "--superexec-auth-secret-file", str(secret)]
+    sub = fd.supernode_command(isolation="subprocess", secret_file=None, **common)
+    assert Path(sub[0]).name == "flower-supernode" and sub[-2:] == ["--isolation", "subprocess"]
+    for argv in (proc, sub):
+        assert "--insecure" not in argv and argv.count("--isolation") == 1
+        for flag, value in (("--root-certificates", str(tmp_path / "ca.crt")), ("--superlink", "10.0.0.5:8000"),
+                            ("--auth-supernode-private-key", str(tmp_path / "node.key")), ("--port", "9094")):
+            assert argv[argv.index(flag) + 1] == value
+    worker = fd.clientapp_command("0.0.0.0", 9094, 4242, poll_interval=0.25, secret_file=secret, startup_timeout=90)
+    assert worker[1:4] == ["-m", "fedsim.runtime.deploy_local", "clientapp"]
+    for flag, value in (("--runtime-api-address", "127.0.0.1:9094"), ("--supernode-pid", "4242"),
+                        ("--superexec-auth-secret-file", str(secret)), ("--poll-interval", "0.25")):
+        assert worker[worker.index(flag) + 1] == value
+    assert fd.runtime_api_address("::", 9094) == "[::1]:9094"
+    node = Layout(fed_dir).node_dir("node-0")
+    procs = ProcessSet()
+    for kwargs, match in ((dict(isolation="threads"), "isolation 'threads': choose one of process, subprocess"),
+                          (dict(poll_interval=0.0), "poll interval 0.0: must be a positive")):
+        with pytest.raises(FederationError, match=match):
+            fd.start_supernode(procs, ca=node / "ca.crt", key=node / "node.key", superlink="127.0.0.1:9",
+                               partition_id=0, num_partitions=1, data_dir=tmp_path, state_dir=tmp_path / "n",
+                               **kwargs)
+    assert not procs.procs
+
+
+@pytest.mark.parametrize("first", ["worker", "node"])
+def test_foreground_stops_the_other_process_by_pid(tmp_path: Path, first: str) -> None:
+    """`fedsim deploy supernode` in the foreground: whichever of SuperNode and ClientApp worker ends first, the
+    other is stopped by PID and the exit code is the one that ended."""
+    procs = ProcessSet()
+    quick, slow = ["sh", "-c", "exit 3"], ["sleep", "60"]
+    node = procs.start("node", quick if first == "node" else slow, tmp_path / "node.log", dict(os.environ))
+    worker = procs.start("node-clientapp", quick if first == "worker" else slow, tmp_path / "w.log", dict(os.environ))
+    lines: list[str] = []
+    t = time.monotonic()
+    assert fd.run_foreground(procs, node, echo=lines.append, watch=[worker]) == 3
+    assert time.monotonic() - t < 5
+    assert node.poll() is not None and worker.poll() is not None
+    assert not still_running({p.pid: p.process for p in procs.procs})
+    assert any("node-clientapp exited with code 3" in line for line in lines) == (first == "worker")

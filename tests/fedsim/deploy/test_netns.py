@@ -1,7 +1,9 @@
 """Separate "hosts" as network namespaces: the SuperLink in one, a SuperNode in each of two others, joined by
 veth pairs (10.200.1.0/24 and 10.200.2.0/24; the SuperLink is 10.200.1.1 for both nodes). Every host runs the
 `fedsim deploy` commands as an operator would. TLS with the server certificate's SAN = exactly the SuperLink's
-namespace IP (no loopback names), SuperNode authentication on. The smoke experiment runs end to end; a node with
+namespace IP (no loopback names), SuperNode authentication on. Each SuperNode runs with the default isolation
+"process": one long-lived ClientApp worker next to it (checked by PID: started, serving, gone afterwards). The
+smoke experiment runs end to end; a node with
 an unregistered key is refused; a node trusting another CA cannot connect; killing one SuperNode mid-run ends the
 run per `strategy.min_clients` within `runtime.round_timeout`, without hanging.
 
@@ -137,6 +139,8 @@ def hosts(netns: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> An
         for name, proc in nodes.items():
             info[name] = _wait_line(proc, '"started": "supernode"', 90)
         info["nodes"] = nodes
+        info["workers"] = {name: _worker(info[name]) for name in nodes}
+        procs.remember_descendants()  # the workers and SuperNodes, by PID, for the checks at the end
         info["timings"]["nodes"] = time.monotonic() - t0
         yield info
         pids = all_pids(procs)
@@ -144,8 +148,26 @@ def hosts(netns: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> An
         pids = pids or all_pids(procs)
         procs.stop_all(grace=3.0)
         print("netns timings:", json.dumps(info["timings"]))
+    workers = {w.pid: w for w in info.get("workers", {}).values()}
+    assert workers.keys() <= pids.keys(), "a ClientApp worker is not a descendant of its `fedsim deploy supernode`"
+    assert not still_running(workers), f"ClientApp workers left running: {still_running(workers)}"
     assert not still_running(pids), f"processes left running: {still_running(pids)}"
     assert not any(home.iterdir()), f"state written to HOME: {list(home.iterdir())}"
+
+
+def _worker(started: dict[str, Any]) -> psutil.Process:
+    """The running ClientApp worker of a started SuperNode (isolation "process", the default), checked: it is
+    fedsim's worker, it serves that SuperNode (by PID), and the SuperNode runs with `--isolation process`."""
+    assert started["isolation"] == "process" and started["clientapp_pid"], started
+    node, worker = psutil.Process(started["pid"]), psutil.Process(started["clientapp_pid"])
+    cmd = worker.cmdline()
+    assert cmd[1:4] == ["-m", "fedsim.runtime.deploy_local", "clientapp"], cmd
+    assert cmd[cmd.index("--supernode-pid") + 1] == str(node.pid), cmd
+    assert worker.status() != psutil.STATUS_ZOMBIE
+    node_cmd = node.cmdline()
+    assert "flower-supernode" in node_cmd[:4] and node_cmd[-4:-2] == ["--isolation", "process"], node_cmd
+    assert "serving SuperNode" in Path(started["clientapp_log"]).read_text(errors="replace")
+    return worker
 
 
 def test_nodes_registered_over_the_namespace_link(hosts: dict[str, Any]) -> None:
@@ -221,13 +243,13 @@ def test_smoke_run_across_namespaces(hosts: dict[str, Any], tmp_path: Path) -> N
     assert sorted(str(c["node_id"]) for c in result["clients"].values()) == sorted(
         [hosts["node-0"]["node_id"], hosts["node-1"]["node_id"]])
     assert json.loads((tmp_path / "run" / "deploy.json").read_text())["run_dir_access"] == "same host"
-
-
-def _flower_supernode(proc: ManagedProcess) -> psutil.Process:
-    for child in psutil.Process(proc.pid).children(recursive=True):
-        if any("flower-supernode" in part for part in child.cmdline()[:2]):
-            return child
-    raise AssertionError(f"no flower-supernode under {proc.name}")
+    for name in ("node-0", "node-1"):  # every message served by the node's one long-lived worker
+        log = Path(hosts[name]["clientapp_log"]).read_text(errors="replace")
+        assert ") completed in " in log and ") failed in " not in log, log[-3000:]
+        assert hosts["workers"][name].is_running()
+    print("netns rounds:", [(r["round"], round(r["round_seconds"], 2))
+                            for r in map(json.loads, (tmp_path / "run" / "metrics.jsonl").read_text().splitlines())
+                            if "round_seconds" in r])
 
 
 def test_killed_node_ends_run_per_min_clients(hosts: dict[str, Any], tmp_path: Path) -> None:
@@ -241,7 +263,8 @@ def test_killed_node_ends_run_per_min_clients(hosts: dict[str, Any], tmp_path: P
         assert sub.poll() is None, sub.communicate()
         assert time.monotonic() < deadline, "the run did not get past registration"
         time.sleep(0.2)
-    victim = _flower_supernode(hosts["nodes"]["node-1"])
+    victim = psutil.Process(hosts["node-1"]["pid"])  # the SuperNode (a child of `fedsim deploy supernode`)
+    assert victim.ppid() == hosts["nodes"]["node-1"].pid
     victim.send_signal(signal.SIGKILL)
     killed_at = time.monotonic()
     rc, summary, err = _finish(sub, ROUND_TIMEOUT + 120)
@@ -258,3 +281,5 @@ def test_killed_node_ends_run_per_min_clients(hosts: dict[str, Any], tmp_path: P
     while node1.poll() is None and time.monotonic() - t < 30:
         time.sleep(0.2)
     assert node1.poll() not in (None, 0)
+    assert not still_running({w.pid: w for w in [hosts["workers"]["node-1"]]}), "node-1's ClientApp worker survived"
+    assert hosts["workers"]["node-0"].is_running()

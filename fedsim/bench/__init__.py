@@ -64,7 +64,7 @@ def _servermem(**kwargs: Any) -> dict[str, Any]:
     return bench_servermem(**kwargs)
 
 
-BENCHMARKS.add("servermem", _servermem, "FedE ServerApp peak memory per exchanged table: list path vs streaming")
+BENCHMARKS.add("servermem", _servermem, "ServerApp peak memory per exchanged table: fedsim streaming (recording on/off) vs its list path vs Flower FedAvg")
 
 
 def _deploy(**kwargs: Any) -> dict[str, Any]:

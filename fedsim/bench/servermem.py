@@ -18,7 +18,15 @@ Methods (both per path and table size, each in its own process):
   large freed buffers go back to the kernel instead of staying in the heap; a cross-check of the tracer.
 Variants: `serve` runs `servers.fkge_app.serve`, the real ServerApp body (RecordingGrid writing every message
 to disk, run directory); `loop` runs the strategy and RoundLoop on the bare grid (no recording), isolating the
-recorder's own cost (it decodes a full copy of every message it writes).
+recorder's own cost (it writes each Array's .npy bytes into the payload archive as they are: no decoded copy).
+
+Flower's default, in the same run (`flower=1`): Flower's built-in `flwr.serverapp.strategy.FedAvg` (`start()`:
+`send_and_receive` of every train message, every reply kept, then `aggregate_arrayrecords`; an evaluation
+exchange each round) on the same harness and probes, without recording: the initial ArrayRecord holds one
+entities x dim float32 table, each of the same `clients` clients answers a train message with the whole table it
+received + 0.01 (FedAvg averages whole arrays; spooled to disk and read back as one buffer like the FedE replies)
+and an evaluation with metrics. Baseline = traced bytes once the initial ArrayRecord exists (the numpy table it
+was built from freed); same exchange peak, same multiple of the table's bytes.
 """
 
 from __future__ import annotations
@@ -48,13 +56,15 @@ DEFAULTS: dict[str, Any] = {
     "rounds": 2,
     "aggregation": "mean",
     "variants": "serve,loop",
-    "rss": 1,  # also measure RSS (serve variant) in separate processes
+    "rss": 1,  # also measure RSS (serve variant; Flower's FedAvg too) in separate processes
+    "flower": 1,  # also measure Flower's built-in FedAvg on the same harness (the default Flower ServerApp path)
     "seed": 0,
 }
 PATHS = ("list", "streaming")
 TARGET_MAX_MULTIPLE = 3.0
 RUN_ID = 4242
 MMAP_THRESHOLD = 1 << 17
+FLOWER_ARRAY = "entity_embedding"
 
 
 # ---------------------------------------------------------------------------------------------- fake clients
@@ -66,15 +76,6 @@ def _grid_class() -> type:
 
     from fedsim.kg.metrics import METRIC_KEYS
     from servers.fede import IDS, ROWS, VALUES, array_view
-
-    def npy_header(shape: tuple[int, ...], dtype: np.dtype) -> bytes:
-        import io
-
-        buf = io.BytesIO()
-        np.lib.format.write_array_header_1_0(
-            buf, {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False, "shape": shape}
-        )
-        return buf.getvalue()
 
     class SyntheticGrid(Grid):
         """In-process FedE clients for a synthetic table: registration, train (rows + 0.01), evaluation."""
@@ -140,7 +141,7 @@ def _grid_class() -> type:
                     ids_path, rows_path = self.spool / f"{msg_id}.ids.npy", self.spool / f"{msg_id}.rows.npy"
                     np.save(ids_path, ids_view)
                     with open(rows_path, "wb") as fh:  # the client's answer, written in blocks
-                        fh.write(npy_header(rows_view.shape, rows_view.dtype))
+                        fh.write(_npy_header(rows_view.shape, rows_view.dtype))
                         step = 4096
                         for i in range(0, rows_view.shape[0], step):
                             (rows_view[i : i + step] + np.float32(0.01)).astype(rows_view.dtype).tofile(fh)
@@ -189,6 +190,83 @@ def _grid_class() -> type:
             return self.pull_messages(self.push_messages(messages))
 
     return SyntheticGrid
+
+
+def _flower_grid_class() -> type:
+    """FlowerGrid: SyntheticGrid's clients answering Flower's FedAvg (defined lazily, like SyntheticGrid)."""
+    from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
+
+    from servers.fede import array_view
+
+    base = _grid_class()
+
+    class FlowerGrid(base):  # type: ignore[misc, valid-type]
+        """Train: the whole table received + 0.01 (spooled, read back as one buffer); evaluate: metrics."""
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.train_bytes = {"down": 0, "up": 0}
+
+        def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+            ids = []
+            for msg in messages:
+                self._count += 1
+                msg_id = f"m{self._count}"
+                msg.metadata.__dict__["_message_id"] = msg_id
+                ids.append(msg_id)
+                node, kind = msg.metadata.dst_node_id, msg.metadata.message_type
+                stub = self._stub(msg, msg_id)
+                if kind == "train":
+                    view = array_view(msg.content["arrays"][FLOWER_ARRAY])
+                    self.train_bytes["down"] += int(view.nbytes)
+                    path = self.spool / f"{msg_id}.npy"
+                    with open(path, "wb") as fh:
+                        fh.write(_npy_header(view.shape, view.dtype))
+                        step = 4096
+                        for i in range(0, view.shape[0], step):
+                            (view[i : i + step] + np.float32(0.01)).astype(view.dtype).tofile(fh)
+                    del view
+                    self._spooled[msg_id] = (stub, path, node)
+                elif kind == "evaluate":
+                    metrics = {"num-examples": self.eval_sizes["test"], "loss": 0.5}
+                    self._ready[msg_id] = Message(RecordDict({"metrics": MetricRecord(metrics)}), reply_to=stub)
+                else:
+                    raise ValueError(f"unexpected message type {kind!r}")
+            return ids
+
+        def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+            out = []
+            for msg_id in list(message_ids):
+                if msg_id in self._ready:
+                    reply = self._ready.pop(msg_id)
+                elif msg_id in self._spooled:
+                    stub, path, node = self._spooled.pop(msg_id)
+                    data = path.read_bytes()  # the reply's bytes as they arrive: one buffer
+                    path.unlink()
+                    table = Array(dtype="float32", shape=(self.num_entities, self._dim(data)),
+                                  stype="numpy.ndarray", data=data)
+                    self.train_bytes["up"] += self.num_entities * self._dim(data) * 4
+                    content = RecordDict({"arrays": ArrayRecord({FLOWER_ARRAY: table}),
+                                          "metrics": MetricRecord({"num-examples": self.num_train[node],
+                                                                   "loss": 0.5})})
+                    reply = Message(content, reply_to=stub)
+                else:
+                    continue
+                reply.metadata.__dict__["_message_id"] = f"r{msg_id}"
+                out.append(reply)
+            return out
+
+    return FlowerGrid
+
+
+def _npy_header(shape: tuple[int, ...], dtype: np.dtype) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        buf, {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False, "shape": shape}
+    )
+    return buf.getvalue()
 
 
 # ---------------------------------------------------------------------------------------------- probes
@@ -271,8 +349,65 @@ def _probed_strategy(base: type, probe: _Probe, streaming: bool) -> type:
 
 
 # ---------------------------------------------------------------------------------------------- one process
+def _flower_worker(job: dict[str, Any]) -> dict[str, Any]:
+    """Flower's built-in FedAvg (`Strategy.start`) on FlowerGrid, in this (fresh) process."""
+    import logging
+
+    from flwr.app import Array, ArrayRecord
+    from flwr.serverapp.strategy import FedAvg
+    from flwr.supercore.task_identity import TaskIdentity
+
+    logging.getLogger("flwr").setLevel(logging.WARNING)
+    TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = RUN_ID, 1, 0
+    n, dim, clients, rounds = int(job["entities"]), int(job["dim"]), int(job["clients"]), int(job["rounds"])
+    grid = _flower_grid_class()(n, clients, float(job["share"]), Path(job["work"]) / "spool", int(job["seed"]))
+    if job["method"] == "tracemalloc":
+        import tracemalloc
+
+        tracemalloc.start()
+    probe = _Probe(job["method"])
+
+    class Probed(FedAvg):
+        def configure_train(self, server_round, arrays, config, grid):  # noqa: ANN001
+            probe.mark(f"round {server_round}")
+            return super().configure_train(server_round, arrays, config, grid)
+
+        def configure_evaluate(self, server_round, arrays, config, grid):  # noqa: ANN001
+            probe.mark(f"evaluate {server_round}")
+            return super().configure_evaluate(server_round, arrays, config, grid)
+
+    table = np.random.default_rng(int(job["seed"])).standard_normal((n, dim), dtype=np.float32)
+    initial = ArrayRecord({FLOWER_ARRAY: Array(table)})
+    del table
+    strategy = Probed(min_train_nodes=clients, min_evaluate_nodes=clients, min_available_nodes=clients)
+    probe.setup_done()
+    t0 = time.perf_counter()
+    result = strategy.start(grid, initial, num_rounds=rounds, timeout=600)
+    probe.close()
+    seconds = time.perf_counter() - t0
+    final = result.arrays[FLOWER_ARRAY].numpy()
+    assert final.shape == (n, dim) and final.dtype == np.float32
+    assert probe.baseline is not None
+    table_bytes = n * dim * 4
+    peak = max(probe.phases.values())
+    return {
+        "path": "fedavg", "variant": "flower", "method": job["method"],
+        "table_bytes": table_bytes,
+        "state_after_setup_bytes": probe.baseline - probe.start,
+        "exchange_peak_bytes": peak,
+        "exchange_peak_over_table": peak / table_bytes,
+        "total_peak_over_table": (peak + probe.baseline - probe.start) / table_bytes,
+        "phase_peak_over_table": {k: v / table_bytes for k, v in probe.phases.items()},
+        "bytes_down_per_round": grid.train_bytes["down"] // rounds,
+        "bytes_up_per_round": grid.train_bytes["up"] // rounds,
+        "seconds": seconds,
+    }
+
+
 def _worker(job: dict[str, Any]) -> dict[str, Any]:
     """One (path, variant, method, size) measurement in this (fresh) process."""
+    if job["variant"] == "flower":
+        return _flower_worker(job)
     from flwr.supercore.task_identity import TaskIdentity
 
     from fedsim.config import load_config
@@ -365,6 +500,12 @@ def bench_servermem(out: str | None = None, overrides: list[str] | None = None) 
                     job = {k: params[k] for k in ("dim", "clients", "share", "rounds", "aggregation", "seed")}
                     job.update(entities=n, path=path, variant=variant, method=method)
                     runs.setdefault(f"{variant}/{method}", {})[path] = _run_job(job)
+        flower: dict[str, dict[str, Any]] = {}
+        if params["flower"]:
+            for method in ["tracemalloc", *(["rss"] if params["rss"] else [])]:
+                job = {k: params[k] for k in ("dim", "clients", "share", "rounds", "aggregation", "seed")}
+                job.update(entities=n, path="fedavg", variant="flower", method=method)
+                flower[method] = _run_job(job)
         table_bytes = n * params["dim"] * 4
         summary = {
             key: {
@@ -378,6 +519,16 @@ def bench_servermem(out: str | None = None, overrides: list[str] | None = None) 
             for key, r in runs.items()
         }
         headline = runs["serve/tracemalloc"] if "serve/tracemalloc" in runs else next(iter(runs.values()))
+        comparison: dict[str, Any] = {"method": "tracemalloc", "measure": "exchange_peak_over_table"}
+        if "serve/tracemalloc" in runs:
+            comparison["fedsim_recording_on"] = runs["serve/tracemalloc"]["streaming"]["exchange_peak_over_table"]
+        if "loop/tracemalloc" in runs:
+            comparison["fedsim_recording_off"] = runs["loop/tracemalloc"]["streaming"]["exchange_peak_over_table"]
+        if "tracemalloc" in flower:
+            comparison["flower_fedavg"] = flower["tracemalloc"]["exchange_peak_over_table"]
+            for key in ("fedsim_recording_on", "fedsim_recording_off"):
+                if key in comparison:
+                    comparison[f"flower_fedavg_over_{key}"] = comparison["flower_fedavg"] / comparison[key]
         tables.append({
             "entities": n,
             "dim": params["dim"],
@@ -386,6 +537,8 @@ def bench_servermem(out: str | None = None, overrides: list[str] | None = None) 
             "summary": summary,
             "streaming_meets_target": headline["streaming"]["exchange_peak_over_table"] <= TARGET_MAX_MULTIPLE,
             "runs": runs,
+            "comparison": comparison,
+            **({"flower_fedavg": flower} if flower else {}),
         })
     report = {
         "benchmark": "servermem",
@@ -400,6 +553,10 @@ def bench_servermem(out: str | None = None, overrides: list[str] | None = None) 
                                      "phase; each final evaluation)",
             "list": "FedEStrategy(streaming=False): the behaviour before streaming aggregation",
             "streaming": "FedEStrategy(streaming=True), the default",
+            "flower_fedavg": "Flower's built-in flwr.serverapp.strategy.FedAvg (Strategy.start, no recording) on the "
+                             "same harness: every client returns the whole table + 0.01; measured in this run",
+            "comparison": "streaming exchange peaks (tracemalloc) of this run: fedsim with recording (serve), "
+                          "without (loop), Flower's FedAvg, and Flower's over fedsim's",
         },
         "tables": tables,
         "targets": {"exchange_peak_over_table_max": TARGET_MAX_MULTIPLE},

@@ -6,9 +6,10 @@ several threads or processes -- e.g. Ray actors hosting ClientApps of the same n
 can share one record directory):
 
 1. the next ``seq`` is taken from the last complete manifest line;
-2. the arrays are written with ``np.savez`` (uncompressed) to a temp file in
-   ``payloads/``, flushed, ``fsync``-ed, ``os.replace``-d to ``{seq:08d}.npz`` and the
-   directory is ``fsync``-ed; the sha256 is computed from the final file's bytes;
+2. the arrays are written as an uncompressed ``.npz`` (the archive ``np.savez`` writes:
+   one stored ``{key}.npy`` member per array) to a temp file in ``payloads/``,
+   ``fsync``-ed, ``os.replace``-d to ``{seq:08d}.npz`` and the directory is
+   ``fsync``-ed; the sha256 is computed from the final file's bytes;
 3. only then is the manifest line appended with a single ``os.write`` (line incl.
    newline) and ``fsync``-ed.
 
@@ -17,6 +18,15 @@ manifest line pointing at a missing or torn payload.  Every ``OSError`` becomes 
 :class:`RecordError` naming the file.  A failure in step 2 leaves nothing behind and
 the writer stays usable; a failure in step 3 truncates the manifest back to its previous
 length (best effort) and marks the writer broken: every later call raises.
+
+A ``flwr`` ``Array`` with ``stype == "numpy.ndarray"`` already holds its array in
+``.npy`` format (``Array.data`` is ``np.save``'s output), so :meth:`RecordWriter.record`
+writes those bytes into the archive member as they are: no decode, no copy (a large
+table is never duplicated in memory to be recorded).  ``Array.data`` is only trusted
+after its header has been parsed (version 1.0/2.0, a non-object dtype, and exactly
+header + ``prod(shape) * itemsize`` bytes); anything else is decoded with
+``Array.numpy()`` and written by ``numpy`` as before.  An ``Array`` of another ``stype``
+is written as a ``uint8`` vector of its raw bytes: an ``.npy`` header, then ``data``.
 """
 
 from __future__ import annotations
@@ -24,10 +34,12 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 import os
 import threading
 import time
 import uuid
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -57,7 +69,96 @@ __all__ = ["RecordError", "RecordWriter", "message_to_parts"]
 
 ArrayKey = tuple[str, str]
 _NUMPY_STYPE = "numpy.ndarray"
-_CHUNK = 1 << 20
+_HASH_CHUNK = 1 << 18
+_WRITE_CHUNK = 1 << 24  # raw .npy data goes to the archive in slices of this size (no copy)
+_NPY_MAGIC = b"\x93NUMPY"
+_NPY_HEADER_MAX = 10_000  # np.load's default max_header_size
+
+
+class _RawNpy:
+    """An array already in ``.npy`` format: ``parts`` (buffers) written back to back form
+    the ``.npy`` file; ``shape``/``dtype``/``nbytes`` are those of the array it decodes to."""
+
+    __slots__ = ("dtype", "nbytes", "parts", "shape")
+
+    def __init__(
+        self, parts: tuple[Any, ...], shape: tuple[int, ...], dtype: np.dtype, nbytes: int
+    ) -> None:
+        self.parts = parts
+        self.shape = shape
+        self.dtype = dtype
+        self.nbytes = nbytes
+
+
+def _npy_of_bytes(data: Any) -> _RawNpy | None:
+    """``data`` as a :class:`_RawNpy` if it is exactly one well-formed ``.npy`` file that
+    ``np.load(..., allow_pickle=False)`` reads (header version 1.0 or 2.0, no object
+    dtype, no missing or trailing bytes); ``None`` otherwise.  Only the header is read."""
+    try:
+        view = memoryview(data).cast("B")
+    except (TypeError, ValueError):
+        return None
+    if len(view) < 10 or bytes(view[:6]) != _NPY_MAGIC:
+        return None
+    version = (view[6], view[7])
+    if version == (1, 0):
+        start, hlen = 10, int.from_bytes(view[8:10], "little")
+        read_header = np.lib.format.read_array_header_1_0
+    elif version == (2, 0):
+        if len(view) < 12:
+            return None
+        start, hlen = 12, int.from_bytes(view[8:12], "little")
+        read_header = np.lib.format.read_array_header_2_0
+    else:  # 3.0 (utf-8 field names) or unknown: let numpy decode it
+        return None
+    end = start + hlen
+    if hlen > _NPY_HEADER_MAX + 64 or end > len(view):
+        return None
+    try:
+        stream = io.BytesIO(bytes(view[8:end]))
+        shape, _fortran, dtype = read_header(stream, max_header_size=_NPY_HEADER_MAX)
+    except Exception:  # malformed header: numpy raises several types  # noqa: BLE001
+        return None
+    if dtype.hasobject or any(d < 0 for d in shape):
+        return None
+    nbytes = math.prod(shape) * dtype.itemsize
+    if len(view) != end + nbytes:
+        return None
+    return _RawNpy((view,), tuple(int(d) for d in shape), dtype, nbytes)
+
+
+def _npy_header(shape: tuple[int, ...], dtype: np.dtype) -> bytes:
+    """The ``.npy`` header ``np.save`` writes for a C-ordered array (version 1.0)."""
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        buf,
+        {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": shape},
+    )
+    return buf.getvalue()
+
+
+def _raw_bytes_npy(data: Any) -> _RawNpy:
+    """Raw bytes as the ``.npy`` file of a ``uint8`` vector (header + the bytes, uncopied)."""
+    view = memoryview(data).cast("B")
+    dtype = np.dtype(np.uint8)
+    return _RawNpy((_npy_header((len(view),), dtype), view), (len(view),), dtype, len(view))
+
+
+def _is_flwr_array(value: Any) -> bool:
+    return (
+        isinstance(getattr(value, "stype", None), str)
+        and isinstance(getattr(value, "data", None), bytes | bytearray | memoryview)
+        and callable(getattr(value, "numpy", None))
+    )
+
+
+def _flwr_array_entry(arr: Any) -> _RawNpy | np.ndarray:
+    """What is recorded for a ``flwr`` ``Array``: its ``.npy`` bytes as they are when they
+    are well formed, else the decoded array (non-numpy ``stype``: the raw bytes)."""
+    if arr.stype != _NUMPY_STYPE:
+        return _raw_bytes_npy(arr.data)
+    raw = _npy_of_bytes(arr.data)
+    return raw if raw is not None else arr.numpy()
 
 
 # --------------------------------------------------------------------------- Message
@@ -65,32 +166,43 @@ _CHUNK = 1 << 20
 
 def _message_parts(
     msg: Any,
+    raw: bool = False,
 ) -> tuple[
-    dict[ArrayKey, np.ndarray],
+    dict[ArrayKey, Any],
     dict[ArrayKey, str],
     dict[str, dict[str, Any]],
     dict[str, dict[str, Any]],
     dict[str, Any] | None,
 ]:
-    arrays: dict[ArrayKey, np.ndarray] = {}
+    arrays: dict[ArrayKey, Any] = {}  # np.ndarray, or _RawNpy with raw=True
     stypes: dict[ArrayKey, str] = {}
     configs: dict[str, dict[str, Any]] = {}
     metrics: dict[str, dict[str, Any]] = {}
     error: dict[str, Any] | None = None
     if msg.has_content():
-        content = msg.content
-        for rec_key, arr_rec in content.array_records.items():
+        from flwr.app import ArrayRecord, ConfigRecord, MetricRecord
+
+        # the RecordDict's own items, not `content.array_records` & co.: those views reference
+        # themselves and would keep the message, payload included, alive until the cyclic GC runs
+        records = list(msg.content.items())
+        for rec_key, arr_rec in records:
+            if not isinstance(arr_rec, ArrayRecord):
+                continue
             for name, arr in arr_rec.items():
                 key = (str(rec_key), str(name))
-                if arr.stype == _NUMPY_STYPE:
+                if raw:
+                    arrays[key] = _flwr_array_entry(arr)
+                elif arr.stype == _NUMPY_STYPE:
                     arrays[key] = arr.numpy()
                 else:  # unknown serialisation: keep the raw bytes, note the stype
                     arrays[key] = np.frombuffer(bytes(arr.data), dtype=np.uint8).copy()
                 stypes[key] = str(arr.stype)
-        for rec_key, cfg in content.config_records.items():
-            configs[str(rec_key)] = dict(cfg)
-        for rec_key, met in content.metric_records.items():
-            metrics[str(rec_key)] = dict(met)
+        for rec_key, record in records:
+            if isinstance(record, ConfigRecord):
+                configs[str(rec_key)] = dict(record)
+        for rec_key, record in records:
+            if isinstance(record, MetricRecord):
+                metrics[str(rec_key)] = dict(record)
     if msg.has_error():
         err = msg.error
         error = {"code": int(err.code), "reason": err.reason}
@@ -174,15 +286,18 @@ def _fsync_dir(path: Path) -> None:
 def _sha256_file(path: Path) -> tuple[str, int]:
     h = hashlib.sha256()
     size = 0
+    buf = bytearray(_HASH_CHUNK)  # one reused buffer: the only memory hashing a large payload takes
+    view = memoryview(buf)
     fd = os.open(path, os.O_RDONLY)
     try:
         while True:
-            chunk = os.read(fd, _CHUNK)
-            if not chunk:
+            n = os.readv(fd, [buf])
+            if not n:
                 break
-            h.update(chunk)
-            size += len(chunk)
+            h.update(view[:n])
+            size += n
     finally:
+        view.release()
         os.close(fd)
     return h.hexdigest(), size
 
@@ -271,7 +386,7 @@ class RecordWriter:
         if direction not in DIRECTIONS:
             raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
         md = message.metadata
-        arrays, stypes, configs, metrics, error = _message_parts(message)
+        arrays, stypes, configs, metrics, error = _message_parts(message, raw=True)
         node_id = md.dst_node_id if direction == "down" else md.src_node_id
         return self.record_arrays(
             direction=direction,
@@ -308,7 +423,8 @@ class RecordWriter:
 
         ``arrays`` is either ``{(record_key, name): array}`` or the nested form
         ``{record_key: {name: array}}``; array-likes are converted with
-        ``np.asarray``.  ``configs``/``metrics`` are ``{record_key: {key: value}}``.
+        ``np.asarray`` (a ``flwr`` ``Array`` is written from its ``.npy`` bytes, see
+        the module doc).  ``configs``/``metrics`` are ``{record_key: {key: value}}``.
         ``error`` is ``None``, ``{"code": int, "reason": str}`` or an object with
         ``code``/``reason`` attributes (``flwr.app.Error``).
         """
@@ -434,7 +550,7 @@ class RecordWriter:
     def _write_payload(
         self,
         seq: int,
-        flat: dict[ArrayKey, np.ndarray],
+        flat: dict[ArrayKey, Any],
         pairs: list[ArrayKey],
         keys: list[str],
     ) -> tuple[str, int]:
@@ -442,12 +558,11 @@ class RecordWriter:
         tmp = self.payload_dir / (
             f".{payload_name(seq)}{TMP_MARKER}{os.getpid()}-{uuid.uuid4().hex[:8]}"
         )
-        to_save = {key: flat[pair] for pair, key in zip(pairs, keys, strict=True)}
         fd = -1
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
             with _FdWriter(fd) as raw:
-                np.savez(raw, **to_save)
+                _write_npz(raw, [(key, flat[pair]) for pair, key in zip(pairs, keys, strict=True)])
             os.fsync(fd)
             os.close(fd)
             fd = -1
@@ -492,6 +607,23 @@ class RecordWriter:
         self._last_seq = entry["seq"]
 
 
+def _write_npz(fileobj: Any, members: list[tuple[str, Any]]) -> None:
+    """Write ``members`` (``(key, np.ndarray | _RawNpy)``) as ``np.savez`` does: an
+    uncompressed zip (zip64 allowed) with one ``{key}.npy`` member each, forced zip64; an
+    ndarray goes through ``np.lib.format.write_array`` like in ``np.savez``, the bytes of
+    a :class:`_RawNpy` are written unchanged (sliced views, never copied)."""
+    with zipfile.ZipFile(fileobj, mode="w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+        for key, value in members:
+            with zf.open(key + ".npy", "w", force_zip64=True) as member:
+                if isinstance(value, _RawNpy):
+                    for part in value.parts:
+                        view = memoryview(part)
+                        for start in range(0, len(view), _WRITE_CHUNK):
+                            member.write(view[start : start + _WRITE_CHUNK])
+                else:
+                    np.lib.format.write_array(member, np.asanyarray(value), allow_pickle=True)
+
+
 class _FileLock:
     """Exclusive ``flock`` on the manifest fd (cross-process); no-op without fcntl."""
 
@@ -515,8 +647,8 @@ class _FileLock:
                 pass
 
 
-def _flatten_arrays(arrays: Mapping[Any, Any]) -> dict[ArrayKey, np.ndarray]:
-    flat: dict[ArrayKey, np.ndarray] = {}
+def _flatten_arrays(arrays: Mapping[Any, Any]) -> dict[ArrayKey, Any]:
+    flat: dict[ArrayKey, Any] = {}  # np.ndarray or _RawNpy
     for key, value in arrays.items():
         if isinstance(key, tuple):
             if len(key) != 2:
@@ -533,7 +665,13 @@ def _flatten_arrays(arrays: Mapping[Any, Any]) -> dict[ArrayKey, np.ndarray]:
     return flat
 
 
-def _as_array(value: Any) -> np.ndarray:
+def _as_array(value: Any) -> np.ndarray | _RawNpy:
+    if isinstance(value, _RawNpy):
+        return value
+    if _is_flwr_array(value) and value.stype == _NUMPY_STYPE:
+        raw = _npy_of_bytes(value.data)
+        if raw is not None:
+            return raw
     if not isinstance(value, np.ndarray) and callable(getattr(value, "numpy", None)):
         # flwr.app.Array or torch.Tensor
         if hasattr(value, "detach"):

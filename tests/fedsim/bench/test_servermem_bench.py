@@ -1,6 +1,7 @@
-"""`fedsim bench servermem` on a small table: both paths, every variant and method, in fresh processes; the
-JSON explains its method, the final tables agree bit for bit and streaming needs less memory than the list path
-(no absolute multiple is asserted: at this size the interpreter's own allocations weigh in)."""
+"""`fedsim bench servermem` on a small table: both paths, every variant and method, and Flower's FedAvg, in fresh
+processes; the JSON explains its method, the final tables agree bit for bit and streaming needs less memory than
+the list path (no absolute multiple, nor fedsim against Flower, is asserted: at this size the interpreter's own
+allocations weigh in)."""
 
 from __future__ import annotations
 
@@ -38,6 +39,17 @@ def test_servermem_bench_reports_both_paths(tmp_path: Path) -> None:
         assert summary["final_tables_bit_identical"]
         if key.endswith("tracemalloc"):  # RSS at this size is page-granular noise
             assert summary["streaming_exchange_peak_over_table"] < summary["list_exchange_peak_over_table"]
+    assert set(table["flower_fedavg"]) == {"tracemalloc", "rss"}
+    for method, run in table["flower_fedavg"].items():
+        assert (run["variant"], run["path"], run["method"]) == ("flower", "fedavg", method)
+        assert set(run["phase_peak_over_table"]) == {"round 1", "evaluate 1"}
+        assert run["bytes_down_per_round"] == run["bytes_up_per_round"] == 3 * 2000 * 32 * 4
+    comparison = table["comparison"]
+    assert comparison["flower_fedavg"] == table["flower_fedavg"]["tracemalloc"]["exchange_peak_over_table"]
+    assert comparison["fedsim_recording_on"] == table["runs"]["serve/tracemalloc"]["streaming"][
+        "exchange_peak_over_table"]
+    assert comparison["flower_fedavg_over_fedsim_recording_on"] == pytest.approx(
+        comparison["flower_fedavg"] / comparison["fedsim_recording_on"])
 
 
 def test_servermem_bench_is_registered_and_rejects_unknown_settings() -> None:

@@ -13,7 +13,8 @@ from flwr.clientapp import ClientApp
 
 from clients.attacker import attacker_mod
 from fedsim.config import ExperimentConfig, from_dict
-from servers.fede import IDS, ROWS, read_rows, rows_record
+from fedsim.faults import fault_mod
+from servers.fede import CHECKPOINT_DIR, IDS, RESUME_ROUND, RESUME_ROUNDS, ROWS, RUN_KEY, read_rows, rows_record
 
 if TYPE_CHECKING:  # torch is imported only where a client computes (keeps drivers and servers light)
     from fedsim.kg.engine import FedEClientEngine
@@ -22,6 +23,8 @@ if TYPE_CHECKING:  # torch is imported only where a client computes (keeps drive
 STATE_CONFIG = "fedsim"  # context.state ConfigRecord: the experiment config received at registration
 STATE_RELATIONS = "relations"  # context.state ArrayRecord: this client's private relation table
 STATE_ACCOUNTANT = "accountant"  # context.state ConfigRecord: DP modes, the client's privacy accountant (JSON)
+STATE_CHECKPOINT = "checkpoint"  # context.state ConfigRecord: where and how many node-local checkpoints to keep
+NODE_CHECKPOINT_DIR = "checkpoint-dir"  # node config: this node's own checkpoint directory (deployments)
 
 
 def hyper_params(cfg: ExperimentConfig) -> KGEHyperParams:
@@ -80,7 +83,7 @@ def _inputs(msg: Message, context: Context) -> tuple[FedEClientEngine, np.ndarra
     return engine, rows.astype(np.float32, copy=False), relations, msg.content.config_records["config"]
 
 
-app = ClientApp(mods=[attacker_mod])  # a pass-through except on the node named by attack.attacker
+app = ClientApp(mods=[fault_mod, attacker_mod])  # pass-throughs except on nodes named by faults / attack
 
 
 @app.query()
@@ -91,8 +94,21 @@ def register(msg: Message, context: Context) -> Message:
     pid = _partition_id(context, cfg)
     context.state.config_records[STATE_CONFIG] = ConfigRecord({"config": config_json})
     engine = _engine_for(context)
-    if STATE_RELATIONS not in context.state.array_records:
-        context.state.array_records[STATE_RELATIONS] = ArrayRecord({"table": Array(engine.init_relation_table())})
+    root = _checkpoint_root(msg.content.config_records["config"], context)
+    resume = int(msg.content.config_records["config"].get(RESUME_ROUND, 0))
+    if resume > 0:
+        _restore(msg.content.config_records["config"], context, cfg, pid, engine, root, resume)
+    else:
+        if root is not None:  # a fresh run: nothing of an earlier one may be restored later
+            from fedsim.runtime.checkpoint import discard_client_states
+
+            discard_client_states(root, pid, 0)
+        if STATE_RELATIONS not in context.state.array_records:
+            context.state.array_records[STATE_RELATIONS] = ArrayRecord({"table": Array(engine.init_relation_table())})
+    if root is not None and cfg.runtime.checkpoint_keep > 0:
+        # one file more than the server keeps checkpoints: each kept server checkpoint finds its clients' files
+        context.state.config_records[STATE_CHECKPOINT] = ConfigRecord(
+            {"root": root, "keep": cfg.runtime.checkpoint_keep + 1})
     client = engine.client
     content = RecordDict(
         {
@@ -111,6 +127,61 @@ def register(msg: Message, context: Context) -> Message:
     return Message(content, reply_to=msg)
 
 
+def _checkpoint_root(config: ConfigRecord, context: Context) -> str | None:
+    """Where this client keeps its checkpoints: the node's own `checkpoint-dir` (node config) under the run's key,
+    else the directory a one-machine runtime's server names; None: no checkpoints (then no resume)."""
+    own = context.node_config.get(NODE_CHECKPOINT_DIR)
+    if own:
+        from pathlib import Path
+
+        return str(Path(str(own)) / str(config.get(RUN_KEY, "") or "run"))
+    value = config.get(CHECKPOINT_DIR)
+    return str(value) if value else None
+
+
+def _restore(config: ConfigRecord, context: Context, cfg: ExperimentConfig, pid: int, engine: FedEClientEngine,
+             root: str | None, resume: int) -> None:
+    """Resume after round `resume`: the relation table and DP accountant this client saved after the round the
+    server names for it (its last training round up to `resume`); later files are an abandoned future."""
+    from fedsim.runtime.checkpoint import discard_client_states, experiment_digest, load_client_state
+
+    rounds = json.loads(str(config.get(RESUME_ROUNDS, "{}")))
+    restore = int(rounds.get(str(pid), 0))
+    if root is None and restore > 0:
+        raise RuntimeError(f"the run resumes after round {resume}, but partition {pid} keeps no checkpoints "
+                           f"(set the node config '{NODE_CHECKPOINT_DIR}')")
+    if restore > 0:
+        state = load_client_state(root, pid, restore, experiment_digest(cfg))
+        relations = state.arrays["relations"]
+        if relations.shape != (engine.num_relations, engine.relation_dim()):
+            raise ValueError(f"partition {pid}: the checkpointed relation table has shape {relations.shape}")
+        context.state.array_records[STATE_RELATIONS] = ArrayRecord({"table": Array(relations)})
+        if state.accountant is not None:
+            context.state.config_records[STATE_ACCOUNTANT] = ConfigRecord({"state": json.dumps(state.accountant)})
+        elif STATE_ACCOUNTANT in context.state.config_records:
+            del context.state.config_records[STATE_ACCOUNTANT]
+    else:  # it never trained before the checkpoint
+        context.state.array_records[STATE_RELATIONS] = ArrayRecord({"table": Array(engine.init_relation_table())})
+        if STATE_ACCOUNTANT in context.state.config_records:
+            del context.state.config_records[STATE_ACCOUNTANT]
+    if root is not None:
+        discard_client_states(root, pid, restore)
+
+
+def _save_checkpoint(context: Context, cfg: ExperimentConfig, server_round: int, relations: np.ndarray) -> None:
+    """This client's private state after `server_round`, node-local (never sent to the server)."""
+    if STATE_CHECKPOINT not in context.state.config_records:
+        return
+    from fedsim.runtime.checkpoint import experiment_digest, save_client_state
+
+    where = context.state.config_records[STATE_CHECKPOINT]
+    accountant = None
+    if STATE_ACCOUNTANT in context.state.config_records:
+        accountant = json.loads(str(context.state.config_records[STATE_ACCOUNTANT]["state"]))
+    save_client_state(str(where["root"]), _partition_id(context, cfg), server_round, {"relations": relations},
+                      digest=experiment_digest(cfg), keep=int(where["keep"]), accountant=accountant)
+
+
 @app.train()
 def train(msg: Message, context: Context) -> Message:
     """Local FedE training on the received rows; returns the updated rows only (in the DP modes,
@@ -125,6 +196,7 @@ def train(msg: Message, context: Context) -> Message:
     else:
         upload, new_rows, new_relations, reply_metrics = _train_private(engine, rows, relations, config, cfg, context)
     context.state.array_records[STATE_RELATIONS] = ArrayRecord({"table": Array(new_relations)})
+    _save_checkpoint(context, cfg, server_round, new_relations)
     content = RecordDict(
         {
             ROWS: rows_record(engine.client.entity_ids[upload], new_rows[upload]),

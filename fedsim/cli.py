@@ -1,4 +1,4 @@
-"""The `fedsim` command line: run, list, verify, attack, campaign, sweep, opboost, deploy, bench."""
+"""The `fedsim` command line: run, list, verify, attack, campaign, sweep, opboost, deploy, central, bench."""
 
 from __future__ import annotations
 
@@ -85,6 +85,26 @@ def print_summary(summary: dict[str, Any]) -> None:
     print(f"{'run directory':<18}{summary['run_dir']}")
 
 
+def cmd_resume(args: argparse.Namespace, overrides: list[str]) -> int:
+    """`fedsim run --resume RUN_DIR`: the run's own config (only runtime.* / faults.* may be overridden)."""
+    if args.config is not None:
+        raise ConfigError(f"--resume takes the config from {args.resume}/config.json; drop {args.config!r}")
+    if args.out:
+        raise ConfigError("--resume continues the run in RUN_DIR itself; drop --out")
+    from fedsim.jobs import resume_config, resume_experiment
+    from fedsim.rundir import RunDir
+
+    cfg, _ = resume_config(RunDir(args.resume), overrides)
+    print(f"fedsim run --resume {args.resume}: {cfg.name}, {cfg.train.rounds} rounds, mode {cfg.runtime.mode}",
+          flush=True)
+    progress = None if args.quiet else progress_printer(cfg.train.rounds)
+    summary = resume_experiment(args.resume, overrides, progress=progress, notify=lambda line: print(line, flush=True))
+    if summary.get("already_finished"):
+        print(f"run {args.resume} already finished (status.json: finished); nothing to resume")
+    print_summary(summary)
+    return 0
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     overrides = list(args.set or [])
     if args.mode:
@@ -93,6 +113,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         overrides.append(f"runtime.superlink={args.superlink}")
     if args.certs:
         overrides.append(f"runtime.certs_dir={args.certs}")
+    if args.resume:
+        return cmd_resume(args, overrides)
     cfg = load_config(args.config, overrides)
     from fedsim.jobs import run_experiment
 
@@ -144,14 +166,17 @@ def cmd_list(args: argparse.Namespace) -> int:
 def cmd_verify(args: argparse.Namespace) -> int:
     from fedsim.record import verify_run
 
+    from fedsim.runtime.checkpoint import verify_run_files
+
     report = verify_run(args.run_dir)
-    for problem in report.problems:
+    problems, warnings = verify_run_files(args.run_dir)  # metrics.jsonl (each round once) and the checkpoints
+    for problem in [*report.problems, *problems]:
         print(f"PROBLEM: {problem}")
-    for warning in getattr(report, "warnings", []):
+    for warning in [*getattr(report, "warnings", []), *warnings]:
         print(f"warning: {warning}")
-    verdict = "OK" if report.ok else "FAILED"
-    print(f"{verdict}: {report.entries} recorded messages in {args.run_dir}")
-    return 0 if report.ok else 1
+    ok = report.ok and not problems
+    print(f"{'OK' if ok else 'FAILED'}: {report.entries} recorded messages in {args.run_dir}")
+    return 0 if ok else 1
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -276,6 +301,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--certs", help="mode deploy: the federation directory of `fedsim deploy init` (runtime.certs_dir)")
     run.add_argument("--out", help="run directory (default: runs/<run-id>, or $FEDSIM_RUNS_DIR/<run-id>)")
     run.add_argument("--quiet", action="store_true", help="no per-round progress lines")
+    run.add_argument("--resume", metavar="RUN_DIR",
+                     help="continue a killed or failed FKGE run from its newest checkpoint (its own config; "
+                          "only runtime.* and faults.* may be --set)")
     run.set_defaults(func=cmd_run)
 
     lst = sub.add_parser("list", help="presets, datasets, models, partitions, strategies, modes")
@@ -330,6 +358,9 @@ def build_parser() -> argparse.ArgumentParser:
     from fedsim.deploy.cli import add_deploy_parser
 
     add_deploy_parser(sub)
+    from fedsim.central.cli import add_central_parser
+
+    add_central_parser(sub)
 
     bench = sub.add_parser("bench", help="run a benchmark and print/write its JSON")
     bench.add_argument("name")

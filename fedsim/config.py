@@ -111,6 +111,7 @@ class RuntimeConfig:
     client_resources: str = ""  # sim: extra Ray resources per client, "name=amount,..." (placement on cluster nodes)
     superlink: str = ""  # mode "deploy": HOST:PORT of a running federation's SuperLink
     certs_dir: str = ""  # mode "deploy": the federation directory from `fedsim deploy init` (CA certificate)
+    checkpoint_keep: int = 2  # FKGE: server checkpoints kept in <run dir>/checkpoints (0: none, no resume)
 
 
 ATTACK_ACTIVE = ("none", "cia")
@@ -129,6 +130,16 @@ class AttackSettings:
     active_game: str = "paper"  # membership game whose candidate tails the CIA attacker flips
     active_candidates: int = 2000  # candidates (members + non-members) of the CIA attacker
     view_dir: str = ""  # where the attacker's node keeps its view; "" = <run dir>/attacker (one-machine runtimes)
+
+
+@dataclass
+class FaultSettings:
+    """Fault injection for testing a setup (`fedsim/faults.py`): make chosen clients' ClientApps raise, hang or
+    kill their own process in a chosen round. Omitted from `to_dict` while unset (no key in config.json)."""
+
+    inject: str = ""  # "KIND:PARTITION:ROUND[:MESSAGE], ..." e.g. "raise:0:1, hang:1:2:evaluate"; "" = none
+    hang_seconds: float = 0.0  # how long a `hang` fault sleeps; 0 = runtime.round_timeout + 1 s
+    log: str = ""  # JSONL of the injected faults; `fedsim run` sets <run dir>/faults.jsonl in sim and deploy-local
 
 
 PROTOCOLS = ("fkge", "opboost")
@@ -174,9 +185,15 @@ class ExperimentConfig:
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     attack: AttackSettings = field(default_factory=AttackSettings)
     opboost: OpBoostSettings = field(default_factory=OpBoostSettings)
+    faults: FaultSettings = field(default_factory=FaultSettings)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        data = dataclasses.asdict(self)
+        if self.faults == FaultSettings():  # configs (and campaign keys) of ordinary runs stay as they were
+            del data["faults"]
+        if self.runtime.checkpoint_keep == RuntimeConfig.checkpoint_keep:  # likewise
+            del data["runtime"]["checkpoint_keep"]
+        return data
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
@@ -267,6 +284,7 @@ def _check_positive(cfg: ExperimentConfig) -> None:
         "runtime.num_cpus_per_client": cfg.runtime.num_cpus_per_client > 0,
         "runtime.num_gpus_per_client": cfg.runtime.num_gpus_per_client >= 0,
         "runtime.ray_num_cpus": cfg.runtime.ray_num_cpus >= 0,
+        "runtime.checkpoint_keep": cfg.runtime.checkpoint_keep >= 0,
         # finite: an infinite timeout would switch off the no-hang guarantee
         "runtime.round_timeout": 0 < cfg.runtime.round_timeout < math.inf,
         "runtime.run_timeout": 0 < cfg.runtime.run_timeout < math.inf,
@@ -344,6 +362,9 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
         raise ConfigError("privacy.accountant: 'pld' cannot compose the private selections of dp-flames; use 'rdp'")
     _check_positive(cfg)
     _check_attack(cfg)
+    from fedsim.faults import check_faults
+
+    check_faults(cfg)
     if cfg.strategy.name != "fede" and cfg.runtime.mode != "local":
         raise ConfigError(
             f"strategy.name: {cfg.strategy.name!r} is a centralised baseline and runs only with "
@@ -422,6 +443,8 @@ def _validate_opboost(cfg: ExperimentConfig) -> ExperimentConfig:
         if len(paper.passive) != cfg.data.num_clients:
             raise ConfigError(f"data.num_clients: the paper's {cfg.data.dataset} assignment has "
                               f"{len(paper.passive)} passive part(ies), got {cfg.data.num_clients}; use columns='even'")
+    if cfg.faults != FaultSettings():
+        raise ConfigError("faults: fault injection is implemented for protocol 'fkge' (its ClientApp) only")
     if cfg.attack.attacker >= 0 or cfg.attack.active != "none" or cfg.attack.canaries:
         raise ConfigError("attack: the malicious-client settings belong to protocol 'fkge'; OpBoost's attack reads "
                           "the recording (fedsim attack RUN --attack opboost-reconstruct)")

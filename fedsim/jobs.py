@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import time
@@ -9,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from fedsim.config import ExperimentConfig
-from fedsim.rundir import RunDir, environment_info, new_run_id
+from fedsim.rundir import RunDir, RunLock, environment_info, new_run_id
 from fedsim.runtime.supervise import ProgressFn
 
 
@@ -31,22 +32,51 @@ def prepare_run_dir(cfg: ExperimentConfig, out: str | os.PathLike[str] | None) -
     return run_dir
 
 
-def _run_local(run_dir: RunDir, cfg: ExperimentConfig, progress: ProgressFn | None) -> None:
+def _run_local(run_dir: RunDir, cfg: ExperimentConfig, progress: ProgressFn | None,
+               resume_round: int | None = None) -> None:
     """The same computation in one plain process, no Flower/Ray (also the baselines)."""
     from fedsim.runtime.environment import scoped_runtime_env
 
     with scoped_runtime_env(run_dir.state):
-        _run_sequential(run_dir, cfg, progress)
+        _run_sequential(run_dir, cfg, progress, resume_round)
 
 
-def _run_sequential(run_dir: RunDir, cfg: ExperimentConfig, progress: ProgressFn | None) -> None:
+def _sequential_resume(run_dir: RunDir, cfg: ExperimentConfig, resume_round: int) -> tuple[dict[str, Any], float]:
+    """The state `run_sequential` resumes from: the server checkpoint of `resume_round` and the clients' files."""
+    from fedsim.runtime import checkpoint as ck
+
+    ckpt = ck.read_checkpoint(ck.checkpoint_root(run_dir.path) / ck.round_name(resume_round))
+    digest = ck.experiment_digest(cfg)
+    if ckpt.state.get("digest") != digest:
+        raise ck.CheckpointError(f"checkpoint {ckpt.path} belongs to another experiment config than this run's")
+    strategy = ckpt.state.get("strategy") or {}
+    root = ck.client_checkpoint_root(run_dir.path)
+    clients = []
+    for pid, rnd in sorted((int(p), int(r)) for p, r in (strategy.get("last_trained") or {}).items()):
+        state = ck.load_client_state(root, pid, rnd, digest)
+        clients.append({**state.arrays, "accountant": state.accountant})
+    resume = {"round": ckpt.round, "table": ckpt.arrays["entity_table"], "log": ckpt.state.get("history") or [],
+              "clients": clients, "policy": strategy.get("noise"), "central_relations": ckpt.arrays.get("relations")}
+    return resume, float(ckpt.state.get("elapsed") or 0.0)
+
+
+def _run_sequential(run_dir: RunDir, cfg: ExperimentConfig, progress: ProgressFn | None,
+                    resume_round: int | None = None) -> None:
     import numpy as np
 
     from clients.fkge_app import hyper_params
     from fedsim.kg.sequential import run_sequential
+    from fedsim.runtime import checkpoint as ck
 
-    run_dir.set_status("running")
-    t0 = time.monotonic()
+    extra = {} if resume_round is None else {"resumed_from": resume_round}
+    run_dir.set_status("running", **extra)
+    resume, elapsed = _sequential_resume(run_dir, cfg, resume_round) if resume_round else (None, 0.0)
+    t0 = time.monotonic() - elapsed
+    digest = ck.experiment_digest(cfg)
+    keep = cfg.runtime.checkpoint_keep
+    if keep > 0 and resume is None:
+        for pid in range(cfg.data.num_clients):
+            ck.discard_client_states(ck.client_checkpoint_root(run_dir.path), pid, 0)
 
     def on_round(row: dict[str, Any]) -> None:
         row = {**row, "elapsed": time.monotonic() - t0}
@@ -54,17 +84,39 @@ def _run_sequential(run_dir: RunDir, cfg: ExperimentConfig, progress: ProgressFn
         if progress is not None:
             progress(row)
 
+    def on_checkpoint(rnd: int, state: dict[str, Any]) -> None:
+        """As the Flower runtimes: the clients' own files (one more kept), then the server's checkpoint."""
+        if keep <= 0:
+            return
+        clients = state.get("clients") or []
+        for pid, client in enumerate(clients):
+            arrays = {k: v for k, v in client.items() if k != "accountant"}
+            ck.save_client_state(ck.client_checkpoint_root(run_dir.path), pid, rnd, arrays, digest=digest,
+                                 keep=keep + 1, accountant=client.get("accountant"))
+        arrays = {"entity_table": state["table"]}
+        if state.get("central_relations") is not None:
+            arrays["relations"] = state["central_relations"]
+        server = {
+            "digest": digest, "history": state["log"], "failures": [], "elapsed": time.monotonic() - t0,
+            "strategy": {"noise": state.get("policy"), "last_trained": {str(pid): rnd for pid in range(len(clients))}},
+            "record": {"entries": 0, "bytes": 0, "last_line_sha256": None},
+            "files": {name: ck.jsonl_position(run_dir.path / name) for name in ck.JSONL_FILES},
+        }
+        ck.write_checkpoint(run_dir.path, rnd, arrays, server, keep)
+
     result = run_sequential(
         cfg.data.dataset, cfg.data.data_dir, cfg.data.partition, cfg.data.num_clients, cfg.seed,
         hyper_params(cfg), cfg.train.rounds, cfg.train.eval_every, baseline=cfg.strategy.name,
         on_round=on_round, aggregation=cfg.strategy.aggregation, privacy=cfg.privacy,
+        resume=resume, on_checkpoint=on_checkpoint,
     )
     table = result.pop("final_table", None)
     if table is not None:
         np.save(run_dir.artifacts / "final_entity_table.npy", table)
     result["strategy_seconds"] = time.monotonic() - t0
+    result.update(extra)
     run_dir.write_json("result.json", result)
-    run_dir.set_status("finished")
+    run_dir.set_status("finished", **extra)
 
 
 def _run_opboost_local(run_dir: RunDir, cfg: ExperimentConfig, progress: ProgressFn | None) -> None:
@@ -165,6 +217,10 @@ def run_experiment(
     if cfg.attack.attacker >= 0 and not cfg.attack.view_dir:  # the malicious client keeps its view in the run dir
         cfg = dataclasses.replace(cfg, attack=dataclasses.replace(cfg.attack, view_dir=str(run_dir.path.resolve() / "attacker")))
         run_dir.write_json("config.json", cfg.to_dict())
+    if cfg.faults.inject and not cfg.faults.log and cfg.runtime.mode in ("sim", "deploy-local"):  # injected faults
+        log = str(run_dir.path.resolve() / "faults.jsonl")
+        cfg = dataclasses.replace(cfg, faults=dataclasses.replace(cfg.faults, log=log))
+        run_dir.write_json("config.json", cfg.to_dict())
     return _run_in_mode(run_dir, cfg, progress, _run_local)
 
 
@@ -194,31 +250,152 @@ def _run_opboost(cfg: ExperimentConfig, out: str | os.PathLike[str] | None, prog
     return _run_in_mode(run_dir, cfg, progress, local)
 
 
-def _run_in_mode(run_dir: RunDir, cfg: ExperimentConfig, progress: ProgressFn | None, local: Any) -> dict[str, Any]:
-    """Run in cfg.runtime.mode; a failure is recorded in status.json and summary.json before it propagates."""
+def _run_in_mode(run_dir: RunDir, cfg: ExperimentConfig, progress: ProgressFn | None, local: Any,
+                 resume_round: int | None = None, lock: bool = True) -> dict[str, Any]:
+    """Run in cfg.runtime.mode (`resume_round`: a resumed run, see `resume_experiment`) holding the run directory's
+    lock; a failure is recorded in status.json and summary.json before it propagates."""
     t0 = time.monotonic()
+    extra = {} if resume_round is None else {"resumed_from": resume_round}
+    resume = {} if resume_round is None else {"resume_round": resume_round}
     try:
-        if cfg.runtime.mode == "sim":
-            from fedsim.runtime.simulation import run_simulation_job
+        with RunLock(run_dir) if lock else contextlib.nullcontext():
+            if cfg.runtime.mode == "sim":
+                from fedsim.runtime.simulation import run_simulation_job
 
-            run_simulation_job(run_dir, cfg, progress)
-        elif cfg.runtime.mode == "deploy-local":
-            from fedsim.runtime.deploy_local import run_deploy_local_job
+                run_simulation_job(run_dir, cfg, progress, **resume)
+            elif cfg.runtime.mode == "deploy-local":
+                from fedsim.runtime.deploy_local import run_deploy_local_job
 
-            run_deploy_local_job(run_dir, cfg, progress)
-        elif cfg.runtime.mode == "deploy":
-            from fedsim.runtime.deploy_remote import run_deploy_remote_job
+                run_deploy_local_job(run_dir, cfg, progress, **resume)
+            elif cfg.runtime.mode == "deploy":
+                from fedsim.runtime.deploy_remote import run_deploy_remote_job
 
-            run_deploy_remote_job(run_dir, cfg, progress)
-        else:
-            local(run_dir, cfg, progress)
+                run_deploy_remote_job(run_dir, cfg, progress, **resume)
+            else:
+                local(run_dir, cfg, progress, **resume)
     except BaseException as err:
         if run_dir.status().get("state") != "failed":
-            run_dir.set_status("failed", error=f"{type(err).__name__}: {err}")
+            run_dir.set_status("failed", error=f"{type(err).__name__}: {err}", **extra)
         run_dir.write_json("summary.json", {"run_id": run_dir.path.name, "name": cfg.name, "mode": cfg.runtime.mode,
                                             "status": "failed", "error": f"{type(err).__name__}: {err}",
-                                            "run_dir": str(run_dir.path)})
+                                            "run_dir": str(run_dir.path), **extra})
         raise
     summary = summarize(run_dir, cfg, time.monotonic() - t0)
+    summary.update(extra)
     run_dir.write_json("summary.json", summary)
     return summary
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# fedsim run --resume RUN_DIR
+
+RECORDING_MODES = ("sim", "deploy-local")  # one-machine Flower runtimes: a resume may switch between them
+
+
+def _flat(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def resume_config(run_dir: RunDir, overrides: list[str] | tuple[str, ...] = ()) -> tuple[ExperimentConfig, dict[str, Any]]:
+    """The config a resume runs with: the run directory's config.json with `overrides` applied, and the keys they
+    change ({key: [before, after]}). ConfigError for a change of anything but runtime.* and faults.* (that would be
+    another experiment) and for a mode switch other than between sim and deploy-local."""
+    from fedsim.config import ConfigError, apply_overrides, from_dict
+    from fedsim.runtime.checkpoint import NOT_EXPERIMENT
+
+    path = run_dir.path / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{run_dir.path} is not a run directory (no config.json)")
+    try:
+        original = run_dir.read_json("config.json")
+    except ValueError as err:
+        raise ConfigError(f"{path}: unreadable: {err}") from err
+    before = from_dict(original)
+    after = from_dict(apply_overrides(original, overrides))
+    old, new = _flat(before.to_dict()), _flat(after.to_dict())
+    changed = {k: [old.get(k), new.get(k)] for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)}
+    fixed = [k for k in changed if k.split(".")[0] not in NOT_EXPERIMENT]
+    if fixed:
+        raise ConfigError(
+            f"--resume cannot change {', '.join(fixed)}: that is another experiment than the one in {path}; "
+            "only runtime.* and faults.* keys may change (start a new run for the rest)"
+        )
+    m0, m1 = before.runtime.mode, after.runtime.mode
+    if m0 != m1 and not {m0, m1} <= set(RECORDING_MODES):
+        raise ConfigError(
+            f"runtime.mode: a run started in mode {m0!r} resumes in {m0!r}"
+            + (f" or {'deploy-local' if m0 == 'sim' else 'sim'}" if m0 in RECORDING_MODES else "")
+            + f", not {m1!r} (its record and its clients' checkpoints live there)"
+        )
+    return after, changed
+
+
+def resume_experiment(
+    path: str | os.PathLike[str], overrides: list[str] | tuple[str, ...] = (), progress: ProgressFn | None = None,
+    notify: Any = None,
+) -> dict[str, Any]:
+    """Continue a killed or failed FKGE run from its newest usable checkpoint and return its summary.
+
+    The run directory is cut back to the checkpoint (record, metrics.jsonl, rejections.jsonl; the interrupted
+    round's entries and payloads removed), status.json says `resumed_from`, and the run goes on in its mode: the
+    server restores its table and strategy state, each client its own state from its node-local checkpoint. A
+    corrupt newest checkpoint (or one whose client files are missing) falls back to the previous one, reported
+    through `notify(line)`; a run without checkpoint starts over from round 0 in the same directory. A finished run
+    is not run again: its summary comes back with "already_finished": True."""
+    from fedsim.runtime import checkpoint as ck
+    from fedsim.runtime.process import PROCESS_REGISTRY, RuntimeFailure, live_processes
+
+    say = notify or (lambda _line: None)
+    run_dir = RunDir(path)
+    cfg, changed = resume_config(run_dir, overrides)
+    if cfg.protocol != "fkge":
+        raise ValueError(f"{run_dir.path}: resuming is supported for FKGE runs only; an {cfg.protocol} run has a few "
+                         "protocol steps and no round checkpoints: start it again")
+    with RunLock(run_dir):
+        if run_dir.status().get("state") == "finished" and (run_dir.path / "result.json").is_file():
+            summary = (run_dir.read_json("summary.json") if (run_dir.path / "summary.json").is_file()
+                       else summarize(run_dir, cfg, 0.0))
+            return {**summary, "already_finished": True}
+        registry = run_dir.state / PROCESS_REGISTRY
+        alive = live_processes(registry)
+        if alive:
+            raise RuntimeFailure(
+                f"processes of the interrupted run in {run_dir.path} are still running: {', '.join(alive)}; stop "
+                "them by PID (kill PID) or let them end, then resume"
+            )
+        registry.unlink(missing_ok=True)
+        digest = ck.experiment_digest(cfg)
+        root = ck.client_checkpoint_root(run_dir.path)
+
+        def usable(ckpt: ck.Checkpoint) -> None:
+            if ckpt.state.get("digest") != digest:
+                raise ck.CheckpointError(f"checkpoint {ckpt.path} belongs to another experiment config")
+            if cfg.runtime.mode == "deploy":  # the clients' files are on their nodes: they check them
+                return
+            for pid, rnd in sorted(((ckpt.state.get("strategy") or {}).get("last_trained") or {}).items()):
+                if int(rnd) > 0:
+                    ck.load_client_state(root, int(pid), int(rnd), digest)
+
+        ckpt, skipped = ck.select_checkpoint(run_dir.path, usable)
+        for problem in skipped:
+            say(f"warning: {problem}; falling back to an older checkpoint")
+        removed = ck.rollback(run_dir, ckpt)
+        start = 0 if ckpt is None else ckpt.round
+        if changed:
+            run_dir.write_json("config.json", cfg.to_dict())
+        run_dir.append_jsonl("resumes.jsonl", {
+            "time": time.time(), "resumed_from": start, "checkpoint": None if ckpt is None else str(ckpt.path),
+            "mode": cfg.runtime.mode, "changed": changed, "skipped": skipped, "removed": removed,
+        })
+        run_dir.set_status("created", resumed_from=start)
+        if ckpt is None:
+            say(f"no checkpoint in {run_dir.path}: starting over from round 0")
+        else:
+            say(f"resuming {run_dir.path} after round {start} of {cfg.train.rounds} ({ckpt.path.name})")
+        return _run_in_mode(run_dir, cfg, progress, _run_local, resume_round=start, lock=False)

@@ -133,3 +133,38 @@ class RunDir:
             return self.read_json("status.json")
         except (FileNotFoundError, json.JSONDecodeError):
             return {"state": "unknown"}
+
+
+class RunInUse(ValueError):
+    """Another fedsim process holds the run directory (see `RunLock`)."""
+
+
+class RunLock:
+    """An exclusive `flock` on `<run dir>/.lock` while one fedsim process runs (or resumes) the run; released when
+    the process ends, however it ends. A second holder gets RunInUse naming the holder's PID."""
+
+    NAME = ".lock"
+
+    def __init__(self, run_dir: RunDir) -> None:
+        self.path = run_dir.path / self.NAME
+        self._fd: int | None = None
+
+    def __enter__(self) -> RunLock:
+        import fcntl
+
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode("ascii", "replace").strip() or "?"
+            os.close(fd)
+            raise RunInUse(f"run directory {self.path.parent} is in use by another fedsim process (pid {holder})") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+        self._fd = fd
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # releases the lock
+            self._fd = None

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
+import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -13,7 +15,7 @@ from flwr.app.message_type import MessageType
 from flwr.serverapp import Grid
 
 from fedsim.config import ExperimentConfig
-from fedsim.kg.aggregation import StreamingAggregator, UpdateRejected, fede_aggregate, validate_update
+from fedsim.kg.aggregation import StreamingAggregator, UpdateRejected, check_payload, fede_aggregate, validate_update
 from fedsim.kg.metrics import METRIC_KEYS, weighted_average
 from fedsim.kg.shapes import entity_dim, init_table
 from servers.loop import ExchangeResult, RoundFailed, RoundStrategy
@@ -21,6 +23,11 @@ from fedsim.dp.noise_policy import NoisePolicy
 
 ROWS = "rows"  # ArrayRecord key of entity ids + rows, both directions
 IDS, VALUES = "entity-ids", "entity-rows"
+# registration config keys of a checkpointed / resumed run (see fedsim.runtime.checkpoint)
+CHECKPOINT_DIR = "checkpoint-dir"  # one-machine runtimes: the clients' checkpoint root (deploy: the node's own)
+RUN_KEY = "run-key"  # names this run's checkpoints in a node's own checkpoint directory
+RESUME_ROUND = "resume-round"  # > 0: the run resumes after this round
+RESUME_ROUNDS = "resume-rounds"  # JSON {partition id: the round whose client state to restore}
 
 
 @dataclass
@@ -88,15 +95,18 @@ def content_record(msg: Message, key: str, kind: type) -> Any:
     return record if isinstance(record, kind) else None
 
 
-def read_rows(msg: Message, copy: bool = True) -> tuple[np.ndarray, np.ndarray]:
+def read_rows(msg: Message, copy: bool = True, max_rows: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(ids, rows) of a message (with copy=False: read-only views on its bytes where possible); raises
-    UpdateRejected when the record is absent or malformed."""
+    UpdateRejected when the record is absent or malformed, or an array declares another size than it carries or
+    more than `max_rows` rows (checked on the headers, before anything is decoded or allocated)."""
     record = content_record(msg, ROWS, ArrayRecord)
     if record is None:
         raise UpdateRejected(f"reply has no ArrayRecord {ROWS!r}")
     missing = {IDS, VALUES} - set(record.keys())
     if missing:
         raise UpdateRejected(f"reply ArrayRecord {ROWS!r} lacks {sorted(missing)}")
+    for key in (IDS, VALUES):
+        check_payload(record[key], f"{ROWS}/{key}", max_rows)
     decode = (lambda a: a.numpy()) if copy else array_view
     try:
         return decode(record[IDS]), decode(record[VALUES])
@@ -171,10 +181,79 @@ class FedEStrategy(RoundStrategy):
         self.table: np.ndarray | None = None
         self.initial_table: np.ndarray | None = None
         self.noise: NoisePolicy | None = None  # DP modes: sigma per client, adapted over rounds
+        self.last_trained: dict[int, int] = {}  # partition id -> last round whose train reply arrived
+        self.earlier_node_ids: dict[int, list[int]] = {}  # partition id -> its node ids before a resume
+        self.checkpoint_dir: str | None = None  # see `checkpoints`
+        self.run_key = ""
+        self._resume: tuple[int, dict[str, Any], np.ndarray] | None = None
+
+    # -- checkpoints -----------------------------------------------------------------------
+    def checkpoints(self, client_dir: str | None, run_key: str) -> None:
+        """Let the clients checkpoint their private state after each round: under `client_dir` (one-machine
+        runtimes), or, when None, in their node's own `checkpoint-dir` (node config) under `run_key`."""
+        self.checkpoint_dir = client_dir
+        self.run_key = run_key
+
+    def resume_from(self, server_round: int, state: dict[str, Any], table: np.ndarray) -> None:
+        """Start after `server_round` with the table and the strategy state (`checkpoint_state`) of a checkpoint;
+        registration then tells each client which round's state to restore."""
+        self._resume = (int(server_round), state, np.array(table, copy=True))
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        """The strategy's state besides the table (JSON-able): the DP noise policy, the round each partition last
+        trained in (the client state to restore) and what each client registered (checked on resume)."""
+        return {
+            "noise": None if self.noise is None else self.noise.state_dict(),
+            "last_trained": {str(pid): rnd for pid, rnd in sorted(self.last_trained.items())},
+            "clients": {str(pid): self._registered(pid) for pid in sorted(self.clients)},
+            "node_ids": {str(pid): self.node_ids(pid) for pid in sorted(self.clients)},
+        }
+
+    def node_ids(self, pid: int) -> list[int]:
+        """Every node id partition `pid` had in this run, oldest first (a resumed run's nodes are new)."""
+        return [*self.earlier_node_ids.get(pid, []), self.clients[pid].node_id]
+
+    def _registered(self, pid: int) -> dict[str, Any]:
+        info = self.clients[pid]
+        ids = np.ascontiguousarray(info.entity_ids, dtype=np.int64)
+        return {"num_entities": int(ids.size), "entity_ids_sha256": hashlib.sha256(ids.tobytes()).hexdigest(),
+                "num_train": info.num_train, **self.eval_counts[pid]}
+
+    def _registration_config(self) -> dict[str, Any]:
+        config: dict[str, Any] = {"fedsim-config": self.cfg.to_json(), "server-round": 0}
+        if self.checkpoint_dir is not None or self.run_key:
+            config[RUN_KEY] = self.run_key
+        if self.checkpoint_dir is not None:
+            config[CHECKPOINT_DIR] = self.checkpoint_dir
+        if self._resume is not None:
+            server_round, state, _ = self._resume
+            config[RESUME_ROUND] = server_round
+            config[RESUME_ROUNDS] = json.dumps(state.get("last_trained") or {}, sort_keys=True)
+        return config
+
+    def _restore(self) -> None:
+        assert self._resume is not None and self.table is not None
+        server_round, state, table = self._resume
+        registered = {str(pid): self._registered(pid) for pid in sorted(self.clients)}
+        if registered != state.get("clients"):
+            changed = sorted(p for p in set(registered) | set(state.get("clients") or {})
+                             if registered.get(p) != (state.get("clients") or {}).get(p))
+            raise RoundFailed(f"cannot resume after round {server_round}: partitions {changed} registered other data "
+                              "than in the checkpointed run")
+        if table.shape != self.table.shape or table.dtype != self.table.dtype:
+            raise RoundFailed(f"cannot resume: the checkpoint's table is {table.dtype}{list(table.shape)}, this run's "
+                              f"{self.table.dtype}{list(self.table.shape)}")
+        self.table = table
+        self.last_trained = {int(pid): int(rnd) for pid, rnd in (state.get("last_trained") or {}).items()}
+        self.earlier_node_ids = {int(pid): [int(n) for n in ids] for pid, ids in (state.get("node_ids") or {}).items()}
+        if self.noise is not None:
+            if not state.get("noise"):
+                raise RoundFailed("cannot resume a DP run from a checkpoint without a noise policy state")
+            self.noise.load_state_dict(state["noise"])
 
     # -- registration ----------------------------------------------------------------------
     def setup(self, grid: Grid, node_ids: list[int], run_exchange: Callable[..., ExchangeResult]) -> None:
-        config = ConfigRecord({"fedsim-config": self.cfg.to_json(), "server-round": 0})
+        config = ConfigRecord(self._registration_config())
         messages = [
             Message(RecordDict({"config": config}), dst_node_id=node, message_type=MessageType.QUERY, group_id="0")
             for node in node_ids
@@ -215,6 +294,8 @@ class FedEStrategy(RoundStrategy):
             sigmas = {pid: initial_sigma(self.cfg.privacy, t.batch_size, info.num_train, t.rounds, t.local_epochs)
                       for pid, info in self.clients.items()}
             self.noise = NoisePolicy(self.cfg.privacy, sorted(self.clients), sigmas)
+        if self._resume is not None:
+            self._restore()
 
     def min_replies(self, kind: str, num_sent: int) -> int:
         if kind == "query":
@@ -273,7 +354,7 @@ class FedEStrategy(RoundStrategy):
         assert self.table is not None
         if info is None:
             raise UpdateRejected(f"reply from unregistered node {reply.metadata.src_node_id}")
-        ids, rows = read_rows(reply, copy=copy)
+        ids, rows = read_rows(reply, copy=copy, max_rows=len(info.entity_ids))
         validate_update(ids, rows, info.entity_ids, self.table.shape[1], dtype=self.table.dtype)
         metrics = content_record(reply, "metrics", MetricRecord)
         metrics = MetricRecord() if metrics is None else metrics
@@ -316,6 +397,8 @@ class FedEStrategy(RoundStrategy):
             return False
         state.seen += 1
         info = self._client_of(reply)
+        if info is not None:  # it trained (its state moved on) whether or not its update is accepted
+            self.last_trained[info.partition_id] = server_round
         try:
             if info is not None and state.aggregator.is_resolved(info.partition_id):
                 raise UpdateRejected(f"a second train reply from partition {info.partition_id}")
@@ -366,6 +449,8 @@ class FedEStrategy(RoundStrategy):
         privacy: dict[str, dict[str, float]] = {}
         for reply in result.replies:
             info = self._client_of(reply)
+            if info is not None:
+                self.last_trained[info.partition_id] = server_round
             try:
                 info, ids, rows, loss, spent = self._check_train_reply(reply, info, copy=True)
             except UpdateRejected as err:

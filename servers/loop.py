@@ -39,6 +39,10 @@ class Failure:
     def to_dict(self) -> dict[str, Any]:
         return {"node_id": self.node_id, "round": self.server_round, "kind": self.kind, "reason": self.reason}
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Failure:
+        return cls(int(data["node_id"]), int(data["round"]), str(data["kind"]), str(data["reason"]))
+
 
 @dataclass
 class ExchangeResult:
@@ -251,8 +255,22 @@ class LoopSettings:
     expected_nodes: int
 
 
+@dataclass
+class LoopProgress:
+    """Where a loop stands at a round boundary: what a checkpoint keeps and a resumed loop starts from."""
+
+    server_round: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    failures: list[dict[str, Any]] = field(default_factory=list)
+    elapsed: float = 0.0
+
+
 class RoundLoop:
-    """Runs setup, `rounds` train exchanges with periodic validation, and a final test."""
+    """Runs setup, `rounds` train exchanges with periodic validation, and a final test.
+
+    `on_checkpoint(progress)` is called at each round boundary, after `on_round` (the round is aggregated, recorded
+    and logged); `run(start)` resumes after round `start.server_round` with its history and failures (setup, i.e.
+    registration, runs again: the nodes of a resumed run are new processes)."""
 
     def __init__(
         self,
@@ -262,6 +280,7 @@ class RoundLoop:
         on_round: Callable[[dict[str, Any]], None] | None = None,
         set_round: Callable[[int], None] | None = None,
         on_setup: Callable[[], None] | None = None,
+        on_checkpoint: Callable[[LoopProgress], None] | None = None,
     ) -> None:
         self.grid = grid
         self.strategy = strategy
@@ -269,6 +288,7 @@ class RoundLoop:
         self.on_round = on_round or (lambda _row: None)
         self.set_round = set_round or (lambda _r: None)
         self.on_setup = on_setup or (lambda: None)
+        self.on_checkpoint = on_checkpoint or (lambda _progress: None)
         self.failures: list[Failure] = []
 
     def wait_for_nodes(self) -> list[int]:
@@ -292,7 +312,9 @@ class RoundLoop:
             messages,
             server_round=server_round,
             kind=kind,
-            timeout=self.settings.round_timeout,
+            # round 0 is set-up (registration): its replies include each ClientApp's cold start (imports, data)
+            timeout=self.settings.round_timeout if server_round else max(self.settings.round_timeout,
+                                                                         self.settings.startup_timeout),
             poll_interval=self.settings.poll_interval,
             min_replies=lambda num_sent: self.strategy.min_replies(kind, num_sent),
             on_reply=on_reply,
@@ -317,8 +339,11 @@ class RoundLoop:
         result = self._exchange(self.strategy.configure_evaluate(server_round, self.grid, split), server_round, "evaluate")
         return self.strategy.aggregate_evaluate(server_round, result, split), result
 
-    def run(self) -> dict[str, Any]:
-        t0 = time.monotonic()
+    def run(self, start: LoopProgress | None = None) -> dict[str, Any]:
+        start = start or LoopProgress()
+        t_setup = time.monotonic()
+        t0 = t_setup - start.elapsed  # "elapsed" goes on from the checkpoint
+        self.failures = [Failure.from_dict(f) for f in start.failures]
         nodes = self.wait_for_nodes()
         self.strategy.setup(
             self.grid,
@@ -326,10 +351,10 @@ class RoundLoop:
             lambda messages, kind="query": self._exchange(messages, 0, kind),
         )
         self.on_setup()
-        setup_seconds = time.monotonic() - t0
-        history = []
+        setup_seconds = time.monotonic() - t_setup
+        history = [dict(row) for row in start.history]
         s = self.settings
-        for server_round in range(1, s.rounds + 1):
+        for server_round in range(start.server_round + 1, s.rounds + 1):
             t_round = time.monotonic()
             metrics, train = self._train(server_round)
             row: dict[str, Any] = {"round": server_round, **metrics}
@@ -342,6 +367,8 @@ class RoundLoop:
             row["elapsed"] = time.monotonic() - t0
             history.append(row)
             self.on_round(row)
+            self.on_checkpoint(LoopProgress(server_round, history, [f.to_dict() for f in self.failures],
+                                            time.monotonic() - t0))
         valid, _ = self._evaluate(s.rounds, "valid")
         test, _ = self._evaluate(s.rounds, "test")
         return {

@@ -15,14 +15,33 @@ from fedsim.rundir import RunDir
 
 CONFIG_KEY = "fedsim-config"  # run-config key: the resolved experiment config as JSON
 RUN_DIR_KEY = "fedsim-run-dir"  # run-config key: where the ServerApp writes the run
+RESUME_KEY = "fedsim-resume-round"  # run-config key: resume after this round's checkpoint ("0": start over)
 
 ServeFn = Callable[[Grid, Mapping[str, Any]], Any]
 RunBody = Callable[[Grid, ExperimentConfig, RunDir, Mapping[str, Any]], dict[str, Any]]
 
 
-def server_run_config(cfg: ExperimentConfig, run_dir: RunDir) -> dict[str, str]:
-    """The run config a runtime hands a ServerApp."""
-    return {CONFIG_KEY: cfg.to_json(), RUN_DIR_KEY: str(run_dir.path)}
+def server_run_config(cfg: ExperimentConfig, run_dir: RunDir, resume_round: int | None = None) -> dict[str, str]:
+    """The run config a runtime hands a ServerApp (`resume_round`: a resumed run, see `resume_round`)."""
+    config = {CONFIG_KEY: cfg.to_json(), RUN_DIR_KEY: str(run_dir.path)}
+    if resume_round is not None:
+        config[RESUME_KEY] = str(int(resume_round))
+    return config
+
+
+def resume_round(run_config: Mapping[str, Any]) -> int | None:
+    """The round a resumed run continues after (0: a resumed run without a checkpoint starts over), or None for a
+    fresh run."""
+    value = run_config.get(RESUME_KEY)
+    if value is None or str(value) == "":
+        return None
+    try:
+        rnd = int(str(value))
+    except ValueError:
+        raise ValueError(f"run config {RESUME_KEY} = {value!r} is not a round number") from None
+    if rnd < 0:
+        raise ValueError(f"run config {RESUME_KEY} = {value!r} is negative")
+    return rnd
 
 
 def serve_run(grid: Grid, run_config: Mapping[str, Any], body: RunBody) -> dict[str, Any]:
@@ -33,14 +52,18 @@ def serve_run(grid: Grid, run_config: Mapping[str, Any], body: RunBody) -> dict[
         raise ValueError(f"ServerApp run config lacks {missing}; start runs with `fedsim run`")
     cfg = from_dict(json.loads(str(run_config[CONFIG_KEY])))
     run_dir = RunDir(str(run_config[RUN_DIR_KEY]))
-    run_dir.set_status("running")
+    resumed = resume_round(run_config)
+    extra = {} if resumed is None else {"resumed_from": resumed}
+    run_dir.set_status("running", **extra)
     try:
         result = body(grid, cfg, run_dir, run_config)
+        if resumed is not None:
+            result["resumed_from"] = resumed
         run_dir.write_json("result.json", result)
-        run_dir.set_status("finished")
+        run_dir.set_status("finished", **extra)
         return result
     except BaseException as err:
-        run_dir.set_status("failed", error=f"{type(err).__name__}: {err}")
+        run_dir.set_status("failed", error=f"{type(err).__name__}: {err}", **extra)
         raise
 
 

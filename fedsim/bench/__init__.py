@@ -58,6 +58,18 @@ def _attacks(**kwargs: Any) -> dict[str, Any]:
     return bench_attacks(**kwargs)
 
 
+def _central(**kwargs: Any) -> dict[str, Any]:
+    from fedsim.bench.central import bench_central
+
+    return bench_central(**kwargs)
+
+
+def _faults(**kwargs: Any) -> dict[str, Any]:
+    from fedsim.bench.faults import bench_faults
+
+    return bench_faults(**kwargs)
+
+
 def _servermem(**kwargs: Any) -> dict[str, Any]:
     from fedsim.bench.servermem import bench_servermem
 
@@ -77,4 +89,6 @@ BENCHMARKS.add("attacks", _attacks, "candidates scored per second per attack on 
 BENCHMARKS.add("dpflames", _dpflames, "one client's round on a 14,541 x 256 table: fede vs dp-naive vs dp-flames")
 BENCHMARKS.add("opboost", _opboost, "OpBoost: mechanism throughput (values/s, one core) and the Adult fit vs plain XGBoost")
 BENCHMARKS.add("deploy", _deploy, "local deployment: per-round fixed cost, Flower's per-message ClientApps vs long-lived ones; ServerApp peak RSS")
+BENCHMARKS.add("central", _central, "central LLM jobs: MeZO step vs inference peak memory, SFT/DPO/ZO step time, Ray job overhead")
+BENCHMARKS.add("faults", _faults, "time to detect a dead client (ClientApp process SIGKILLed mid-round), sim and deploy-local; resume overhead")
 BENCHMARKS.add("fkge", _fkge, "FedE UMLS 3 clients: Flower+Ray simulation vs the same training in one process")

@@ -55,3 +55,22 @@ class NoisePolicy:
             self.last_mrr[pid] = mrr
         self.history.append({"round": server_round, "sigma": dict(self.sigma)})
         return dict(self.sigma)
+
+    def state_dict(self) -> dict[str, object]:
+        """The policy's state as JSON-able data (a checkpoint keeps it; `load_state_dict` restores it)."""
+        return {
+            "sigma": {str(pid): s for pid, s in self.sigma.items()},
+            "last_mrr": {str(pid): m for pid, m in self.last_mrr.items()},
+            "history": [{"round": h["round"], "sigma": {str(p): s for p, s in h["sigma"].items()}}  # type: ignore[union-attr]
+                        for h in self.history],
+        }
+
+    def load_state_dict(self, state: Mapping[str, object]) -> None:
+        """Restore what `state_dict` returned (partition ids must be the same)."""
+        sigma = {int(pid): float(s) for pid, s in state["sigma"].items()}  # type: ignore[union-attr]
+        if set(sigma) != set(self.sigma):
+            raise ValueError(f"noise policy state is for partitions {sorted(sigma)}, not {sorted(self.sigma)}")
+        self.sigma = sigma
+        self.last_mrr = {int(pid): float(m) for pid, m in state["last_mrr"].items()}  # type: ignore[union-attr]
+        self.history = [{"round": int(h["round"]), "sigma": {int(p): float(s) for p, s in h["sigma"].items()}}
+                        for h in state["history"]]  # type: ignore[union-attr]

@@ -6,11 +6,14 @@ gives the bit-identical table with about one table of extra memory (see its docs
 
 from __future__ import annotations
 
+import io
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
-__all__ = ["StreamingAggregator", "UpdateRejected", "fede_aggregate", "fede_aggregate_streaming", "validate_update"]
+__all__ = ["StreamingAggregator", "UpdateRejected", "check_payload", "fede_aggregate", "fede_aggregate_streaming",
+           "validate_update"]
 
 _CHECK_CHUNK = 1 << 18  # elements per finiteness check (bounds the boolean temporary)
 
@@ -19,14 +22,63 @@ class UpdateRejected(ValueError):
     """A client's (ids, rows) upload is malformed or not allowed."""
 
 
+def check_payload(array: Any, name: str, max_rows: int | None = None) -> tuple[tuple[int, ...], np.dtype]:
+    """(shape, dtype) an array of a message declares, read from its `.npy` header only, before anything is
+    decoded or allocated: UpdateRejected when the header is malformed, the dtype holds Python objects, the
+    declared size differs from the bytes carried (numpy would allocate the declared size first: a reply
+    claiming 10^12 rows), the Flower `Array`'s own shape/dtype metadata disagree with the header, or the array
+    has more than `max_rows` rows (e.g. more than the client holds). `array` is a Flower `Array` (its `stype`,
+    `data`, `shape`, `dtype`); arrays not serialized as `numpy.ndarray` are left to their own decoder."""
+    if getattr(array, "stype", None) != "numpy.ndarray":
+        raise UpdateRejected(f"{name}: serialization {getattr(array, 'stype', None)!r} is not numpy.ndarray")
+    data = array.data
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise UpdateRejected(f"{name}: payload is {type(data).__name__}, not bytes")
+    stream = io.BytesIO(data)
+    try:
+        version = np.lib.format.read_magic(stream)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(stream)
+        elif version == (2, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(stream)
+        else:
+            raise UpdateRejected(f"{name}: unsupported .npy format version {version}")
+    except UpdateRejected:
+        raise
+    except Exception as err:  # noqa: BLE001 - any malformed header is a rejection
+        raise UpdateRejected(f"{name}: malformed .npy header: {err}") from err
+    if dtype.hasobject:
+        raise UpdateRejected(f"{name}: dtype {dtype} holds Python objects")
+    declared = dtype.itemsize
+    for extent in shape:
+        declared *= int(extent)  # Python ints: no overflow, whatever the header claims
+    carried = len(data) - stream.tell()
+    if declared != carried:
+        raise UpdateRejected(f"{name}: declares shape {tuple(shape)} of {dtype} ({declared:,} bytes) but carries "
+                             f"{carried:,} bytes")
+    meta_shape = tuple(int(d) for d in getattr(array, "shape", shape))
+    try:
+        meta_dtype = np.dtype(getattr(array, "dtype", dtype))
+    except (TypeError, ValueError):
+        meta_dtype = None
+    if meta_shape != tuple(shape) or meta_dtype != dtype:
+        raise UpdateRejected(f"{name}: metadata says {meta_dtype} {meta_shape}, the payload {dtype} {tuple(shape)}")
+    if max_rows is not None and shape and int(shape[0]) > max_rows:
+        raise UpdateRejected(f"{name}: {int(shape[0]):,} rows, more than the {max_rows:,} allowed")
+    return tuple(int(d) for d in shape), dtype
+
+
 def validate_update(
     ids: np.ndarray, rows: np.ndarray, allowed_ids: np.ndarray, dim: int, dtype: np.dtype | type | None = np.float32
 ) -> None:
     """Raise UpdateRejected unless `ids` are unique allowed integers and `rows` a finite float [len(ids), dim]
     of exactly `dtype` (the table's; None accepts any float). A wider dtype is rejected rather than cast: a
-    finite float64 such as 1e300 would become Inf in a float32 table."""
-    ids = np.asarray(ids)
-    rows = np.asarray(rows)
+    finite float64 such as 1e300 would become Inf in a float32 table. Never raises anything else."""
+    try:
+        ids = np.asarray(ids)
+        rows = np.asarray(rows)
+    except (TypeError, ValueError) as err:  # e.g. ragged nested sequences
+        raise UpdateRejected(f"ids/rows are not arrays: {err}") from err
     if ids.ndim != 1:
         raise UpdateRejected(f"ids must be 1-D, got shape {ids.shape}")
     if not np.issubdtype(ids.dtype, np.integer):

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import gzip
 import importlib.util
 import os
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -67,11 +67,7 @@ def read_triples_file(path: str | os.PathLike) -> list[tuple[str, str, str]]:
     """Read a `h<TAB>r<TAB>t` file (optionally .gz) into label triples, validating every line."""
     path = Path(path)
     try:
-        if path.name.endswith(".gz"):
-            with gzip.open(path, "rb") as fh:
-                raw = fh.read()
-        else:
-            raw = path.read_bytes()
+        raw = _read_gzip(path) if path.name.endswith(".gz") else path.read_bytes()
     except (OSError, EOFError) as exc:
         raise DatasetError(f"cannot read {path}: {exc}") from exc
     try:
@@ -93,6 +89,33 @@ def read_triples_file(path: str | os.PathLike) -> list[tuple[str, str, str]]:
             raise DatasetError(f"{path}:{i}: empty field in {line!r}")
         out.append((parts[0], parts[1], parts[2]))
     return out
+
+
+def _read_gzip(path: Path, chunk: int = 1 << 16) -> bytes:
+    """The decompressed bytes of a gzip file (several members allowed); a truncated or corrupt stream is a
+    DatasetError naming the line where the readable data ends."""
+    data = path.read_bytes()
+    out: list[bytes] = []
+
+    def line_no() -> int:
+        return sum(part.count(b"\n") for part in out) + 1
+
+    while True:
+        member = zlib.decompressobj(wbits=31)
+        try:
+            for i in range(0, len(data), chunk):
+                out.append(member.decompress(data[i : i + chunk]))
+                if member.eof:
+                    break
+            out.append(member.flush())
+        except zlib.error as exc:
+            raise DatasetError(f"{path}:{line_no()}: gzip data is corrupt (detected while reading this line: {exc})") from exc
+        if not member.eof:
+            raise DatasetError(f"{path}:{line_no()}: gzip data ends early: the file is truncated (it stops in or "
+                               f"before this line)")
+        data = member.unused_data
+        if not data.strip(b"\0"):  # end of file (zero padding is allowed after the last member)
+            return b"".join(out)
 
 
 def _bundled_dir(name: str) -> Path:

@@ -64,6 +64,8 @@ def run_sequential(
     keep_client_state: bool = False,
     aggregation: str = "mean",
     privacy: PrivacySettings | None = None,
+    resume: dict | None = None,
+    on_checkpoint: Callable[[int, dict], None] | None = None,
 ) -> dict:
     """Run `rounds` rounds of FedE (or a baseline) in-process; return round logs, test metrics and the final table.
 
@@ -71,6 +73,11 @@ def run_sequential(
     every client's final entity rows ("client_rows") and relation table ("relation_tables"); they are left out by
     default because the result is usually written out as JSON. `aggregation` is "mean" (FedE's unweighted mean over
     holders) or "count-weighted" (weights = the clients' train-triple counts), as in the Flower strategy.
+
+    `on_checkpoint(round, state)` is called after each round's `on_round` with everything a resume needs: "table",
+    "log", per client "clients" ({"relations", "rows" (Isolation), "accountant" (DP)}), "policy" (DP noise policy)
+    and "central_relations" (Collection). `resume` is such a state plus "round": the run goes on after that round and
+    gives the result of the uninterrupted run (every random draw is seeded by seed, client and round).
     """
     if baseline not in BASELINES:
         raise ValueError(f"unknown baseline {baseline!r}; choices: {', '.join(BASELINES)}")
@@ -88,37 +95,53 @@ def run_sequential(
         np.random.default_rng(seed),
     )
     log: list[dict] = []
+    start = 0
+    if resume is not None:
+        start = int(resume["round"])
+        table = np.array(resume["table"], copy=True)
+        log.extend(dict(entry) for entry in resume.get("log", []))
 
     def record(entry: dict) -> None:
         log.append(entry)
         if on_round is not None:
             on_round(entry)
 
+    def checkpoint(rnd: int, **state) -> None:
+        if on_checkpoint is not None:
+            on_checkpoint(rnd, {"table": table, "log": log, **state})
+
     if baseline == "collection":
         central = FedEClientEngine(collection_client(clients), params, seed)
-        rel_table = central.init_relation_table()
+        rel_table = central.init_relation_table() if resume is None else np.array(resume["central_relations"])
         # each original client's relation j is row searchsorted(central relation ids, client.relation_ids[j])
         rel_rows = [np.searchsorted(central.client.relation_ids, c.relation_ids) for c in clients]
 
         def views() -> tuple[list[np.ndarray], list[np.ndarray]]:
             return [table[c.entity_ids] for c in clients], [rel_table[idx] for idx in rel_rows]
 
-        for rnd in range(1, rounds + 1):
+        for rnd in range(start + 1, rounds + 1):
             ent, rel_table, metrics = central.train(table[central.client.entity_ids], rel_table, rnd)
             table = table.copy()
             table[central.client.entity_ids] = ent
             record(_round_entry(rnd, metrics["loss"], rounds, eval_every, engines, views))
+            checkpoint(rnd, central_relations=rel_table)
         rows, rels = views()
     elif privacy is not None and privacy.mode != "fede":
         if baseline != "fede":
             raise ValueError(f"privacy mode {privacy.mode!r} runs with the fede baseline only")
         table, rows, rels = _private_fede(
-            clients, engines, table, params, privacy, rounds, eval_every, aggregation, record, _round_entry
+            clients, engines, table, params, privacy, rounds, eval_every, aggregation, record, _round_entry,
+            start, resume, checkpoint,
         )
     else:
-        rels = [e.init_relation_table() for e in engines]
-        rows = [table[c.entity_ids] for c in clients]
-        for rnd in range(1, rounds + 1):
+        if resume is None:
+            rels = [e.init_relation_table() for e in engines]
+            rows = [table[c.entity_ids] for c in clients]
+        else:
+            rels = [np.array(c["relations"]) for c in resume["clients"]]
+            rows = [np.array(c["rows"]) if baseline == "isolation" else table[cl.entity_ids]
+                    for c, cl in zip(resume["clients"], clients)]
+        for rnd in range(start + 1, rounds + 1):
             losses, sizes = [], []
             for i, engine in enumerate(engines):
                 if baseline == "fede":
@@ -132,6 +155,8 @@ def run_sequential(
                 rows = [table[c.entity_ids] for c in clients]
             loss = float(np.average(losses, weights=sizes)) if sum(sizes) else float("nan")
             record(_round_entry(rnd, loss, rounds, eval_every, engines, lambda: (rows, rels)))
+            checkpoint(rnd, clients=[{"relations": r, **({"rows": w} if baseline == "isolation" else {})}
+                                     for r, w in zip(rels, rows)])
         if baseline == "isolation":
             # no shared table exists: summarise as the per-entity mean of the clients' rows (see client_rows)
             table = fede_aggregate(table, [(c.entity_ids, r) for c, r in zip(clients, rows)])
@@ -151,7 +176,8 @@ def run_sequential(
     return result
 
 
-def _private_fede(clients, engines, table, params, privacy, rounds, eval_every, aggregation, record, round_entry):
+def _private_fede(clients, engines, table, params, privacy, rounds, eval_every, aggregation, record, round_entry,
+                  start=0, resume=None, checkpoint=None):
     """FedE with a DP mode, exactly as the Flower strategy and ClientApp run it: each client uploads
     only the rows its DP round changed, sigma per client follows the noise policy."""
     from fedsim.dp.noise_policy import NoisePolicy
@@ -162,8 +188,14 @@ def _private_fede(clients, engines, table, params, privacy, rounds, eval_every, 
               for i, c in enumerate(clients)}
     policy = NoisePolicy(privacy, list(range(len(clients))), sigmas)
     rels = [e.init_relation_table() for e in engines]
+    if resume is not None:
+        rels = [np.array(c["relations"]) for c in resume["clients"]]
+        for accountant, c in zip(accountants, resume["clients"]):
+            if c.get("accountant") is not None:
+                accountant.load_state_dict(c["accountant"])
+        policy.load_state_dict(resume["policy"])
     rows = [table[c.entity_ids] for c in clients]
-    for rnd in range(1, rounds + 1):
+    for rnd in range(start + 1, rounds + 1):
         updates, spent = [], {}
         for i, (client, engine) in enumerate(zip(clients, engines)):
             rows_i = table[client.entity_ids]
@@ -186,6 +218,9 @@ def _private_fede(clients, engines, table, params, privacy, rounds, eval_every, 
         entry["privacy"] = spent
         entry["max_epsilon"] = max(p["epsilon"] for p in spent.values())
         record(entry)
+        if checkpoint is not None:
+            checkpoint(rnd, table=table, policy=policy.state_dict(),
+                       clients=[{"relations": r, "accountant": a.state_dict()} for r, a in zip(rels, accountants)])
     return table, rows, rels
 
 

@@ -3,7 +3,8 @@
 * :class:`RecordWriter` -- durable append-only writer (``run_dir/record/``);
 * :class:`RecordingGrid` -- ``flwr.serverapp.Grid`` proxy recording on the server;
 * :func:`make_recording_mod` -- ClientApp mod recording on a node;
-* :func:`open_run` / :func:`verify_run` -- reading and integrity checking.
+* :func:`open_run` / :func:`verify_run` -- reading and integrity checking;
+* :func:`truncate_record` -- cut a record back to a checkpointed position (resume).
 
 The on-disk format is documented in :mod:`fedsim.record._format`.
 """
@@ -20,7 +21,7 @@ from .reader import (
     open_run,
     verify_run,
 )
-from .writer import RecordWriter, message_to_parts
+from .writer import RecordWriter, message_to_parts, truncate_record
 
 __all__ = [
     "ArraySpec",
@@ -37,5 +38,6 @@ __all__ = [
     "make_recording_mod",
     "message_to_parts",
     "open_run",
+    "truncate_record",
     "verify_run",
 ]

@@ -548,7 +548,9 @@ def verify_run(run_dir: str | os.PathLike[str]) -> VerifyReport:
     Checks: manifest lines are UTF-8 JSON objects with the expected fields and types;
     ``seq`` values are unique, in order and contiguous from 1; every referenced payload
     exists inside ``payloads/``, has the recorded size and sha256, and its arrays
-    (names, shapes, dtypes) equal the manifest; a torn last line is a problem.  Payload
+    (names, shapes, dtypes) equal the manifest; a torn last line is a problem; no message
+    is recorded twice (same message id and direction, or one round's messages on both sides
+    of a re-registration: an interrupted round left in the record of a resumed run).  Payload
     files that no manifest line references (orphans, what a crash between payload and
     manifest write leaves) and leftover temp files are *warnings*.
     """
@@ -565,6 +567,7 @@ def verify_run(run_dir: str | os.PathLike[str]) -> VerifyReport:
     valid = 0
     seqs: list[tuple[int, int]] = []  # (lineno, seq)
     referenced: set[str] = set()
+    entries: list[dict[str, Any]] = []  # the valid ones
     for line in lines:
         where = f"line {line.lineno}"
         if line.problem is not None:
@@ -581,6 +584,7 @@ def verify_run(run_dir: str | os.PathLike[str]) -> VerifyReport:
                 referenced.add(obj["payload"])
             continue
         valid += 1
+        entries.append(obj)
         if obj["payload"] is not None:
             referenced.add(obj["payload"])
             problems.extend(f"{where}: {p}" for p in _check_payload(record_dir, obj))
@@ -590,6 +594,7 @@ def verify_run(run_dir: str | os.PathLike[str]) -> VerifyReport:
             "newline) -- a write was interrupted"
         )
     problems.extend(_check_seqs(seqs))
+    problems.extend(_check_duplicates(entries))
     warns.extend(_check_orphans(record_dir, referenced))
     return VerifyReport(not problems, valid, problems, warns)
 
@@ -631,6 +636,46 @@ def _check_seqs(seqs: list[tuple[int, int]]) -> list[str]:
                 + ", ".join(str(i) for i in shown)
                 + more
             )
+    return problems
+
+
+def _check_duplicates(entries: list[dict[str, Any]]) -> list[str]:
+    """Messages recorded twice: one message id twice in the same direction, or one round's
+    messages in two registration segments -- what a resumed run leaves when the interrupted
+    round was not cut from the record (a segment starts at each registration exchange: the
+    round-0 ``query`` messages a FedE server sends once per (re)start)."""
+    problems: list[str] = []
+    first: dict[tuple[str, str], int] = {}
+    for obj in entries:
+        if not obj["message_id"]:
+            continue
+        key = (obj["direction"], obj["message_id"])
+        if key in first:
+            if len(problems) < _MAX_LISTED:
+                problems.append(
+                    f"seq {obj['seq']}: {obj['direction']} message {_short(obj['message_id'])} "
+                    f"was already recorded as seq {first[key]} (duplicate entry)"
+                )
+        else:
+            first[key] = obj["seq"]
+    segment, in_registration = 0, False
+    spans: dict[int, dict[int, list[int]]] = {}  # round -> segment -> seqs
+    for obj in sorted(entries, key=lambda o: o["seq"]):
+        registration = obj["kind"] == "query" and obj["round"] == 0
+        if registration and not in_registration:
+            segment += 1
+        in_registration = registration
+        if obj["round"] >= 1:
+            spans.setdefault(obj["round"], {}).setdefault(segment, []).append(obj["seq"])
+    repeated = [(rnd, segs) for rnd, segs in sorted(spans.items()) if len(segs) > 1]
+    for rnd, segs in repeated[:_MAX_LISTED]:
+        where = "; ".join(f"seq {min(s)}-{max(s)}" for s in segs.values())
+        problems.append(
+            f"round {rnd} is recorded in {len(segs)} registration segments ({where}): duplicate entries "
+            "of an interrupted round (a resume cuts the record back to its checkpoint first)"
+        )
+    if len(repeated) > _MAX_LISTED:
+        problems.append(f"... {len(repeated)} rounds recorded more than once in all")
     return problems
 
 

@@ -24,13 +24,18 @@ A ``flwr`` ``Array`` with ``stype == "numpy.ndarray"`` already holds its array i
 writes those bytes into the archive member as they are: no decode, no copy (a large
 table is never duplicated in memory to be recorded).  ``Array.data`` is only trusted
 after its header has been parsed (version 1.0/2.0, a non-object dtype, and exactly
-header + ``prod(shape) * itemsize`` bytes); anything else is decoded with
-``Array.numpy()`` and written by ``numpy`` as before.  An ``Array`` of another ``stype``
-is written as a ``uint8`` vector of its raw bytes: an ``.npy`` header, then ``data``.
+header + ``prod(shape) * itemsize`` bytes); other well-formed ``.npy`` bytes whose header
+declares no more than they carry (version 3.0, trailing bytes) are decoded with
+``Array.numpy()`` and written by ``numpy``; anything else is never decoded (a hostile header
+may declare terabytes, an object dtype or garbage would raise and end the run): it is
+written, like an ``Array`` of another ``stype``, as a ``uint8`` vector of its raw bytes (an
+``.npy`` header, then ``data``), and the manifest names the stype ``RAW_NPY_STYPE``
+(``"numpy.ndarray/unparsed-bytes"``) for it; the receiver rejects such a message.
 """
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import io
 import json
@@ -65,10 +70,12 @@ try:  # POSIX only; without it the writer is still thread-safe, not process-safe
 except ImportError:  # pragma: no cover
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["RecordError", "RecordWriter", "message_to_parts"]
+__all__ = ["RecordError", "RecordWriter", "message_to_parts", "truncate_record"]
 
 ArrayKey = tuple[str, str]
 _NUMPY_STYPE = "numpy.ndarray"
+#: manifest stype of a numpy ``Array`` whose ``.npy`` bytes were not well formed: recorded as raw bytes
+RAW_NPY_STYPE = "numpy.ndarray/unparsed-bytes"
 _HASH_CHUNK = 1 << 18
 _WRITE_CHUNK = 1 << 24  # raw .npy data goes to the archive in slices of this size (no copy)
 _NPY_MAGIC = b"\x93NUMPY"
@@ -152,13 +159,47 @@ def _is_flwr_array(value: Any) -> bool:
     )
 
 
-def _flwr_array_entry(arr: Any) -> _RawNpy | np.ndarray:
-    """What is recorded for a ``flwr`` ``Array``: its ``.npy`` bytes as they are when they
-    are well formed, else the decoded array (non-numpy ``stype``: the raw bytes)."""
+def _flwr_array_entry(arr: Any) -> tuple[_RawNpy, str]:
+    """What is recorded for a ``flwr`` ``Array``, and the stype the manifest names: its
+    ``.npy`` bytes as they are when they are well formed; otherwise (another ``stype``, or
+    ``.npy`` bytes that ``_npy_of_bytes`` does not accept: a malformed header, a header
+    declaring more or fewer bytes than carried, object arrays, version 3.0) the raw bytes as a
+    ``uint8`` vector, with the stype ``RAW_NPY_STYPE`` for numpy arrays. Nothing is ever
+    decoded here: a hostile reply whose header claims a huge shape is recorded as the bytes
+    that crossed the wire, and the receiver rejects it, instead of numpy allocating the
+    declared size inside the recorder and ending the run."""
     if arr.stype != _NUMPY_STYPE:
-        return _raw_bytes_npy(arr.data)
+        return _raw_bytes_npy(arr.data), str(arr.stype)
     raw = _npy_of_bytes(arr.data)
-    return raw if raw is not None else arr.numpy()
+    if raw is not None:
+        return raw, _NUMPY_STYPE
+    if _declares_at_most_what_it_carries(arr.data):  # e.g. header version 3.0, or trailing bytes
+        try:
+            return arr.numpy(), _NUMPY_STYPE
+        except Exception:  # noqa: BLE001 - numpy's parse errors come in many types
+            pass
+    return _raw_bytes_npy(arr.data), RAW_NPY_STYPE
+
+
+def _declares_at_most_what_it_carries(data: Any) -> bool:
+    """Whether ``data`` is ``.npy`` bytes (any header version) of a non-object array whose
+    declared size fits in the bytes carried, so that decoding it allocates at most that."""
+    try:
+        view = memoryview(data).cast("B")
+        if len(view) < 10 or bytes(view[:6]) != _NPY_MAGIC or view[6] not in (1, 2, 3):
+            return False
+        start = 10 if view[6] == 1 else 12
+        hlen = int.from_bytes(view[8:start], "little")
+        if hlen > _NPY_HEADER_MAX + 64 or start + hlen > len(view):
+            return False
+        header = ast.literal_eval(bytes(view[start : start + hlen]).decode("latin1" if view[6] < 3 else "utf8"))
+        dtype = np.lib.format.descr_to_dtype(header["descr"])
+        shape = tuple(int(d) for d in header["shape"])
+    except Exception:  # malformed: numpy and literal_eval raise many types  # noqa: BLE001
+        return False
+    if dtype.hasobject or any(d < 0 for d in shape):
+        return False
+    return math.prod(shape) * dtype.itemsize <= len(view) - start - hlen
 
 
 # --------------------------------------------------------------------------- Message
@@ -191,8 +232,9 @@ def _message_parts(
             for name, arr in arr_rec.items():
                 key = (str(rec_key), str(name))
                 if raw:
-                    arrays[key] = _flwr_array_entry(arr)
-                elif arr.stype == _NUMPY_STYPE:
+                    arrays[key], stypes[key] = _flwr_array_entry(arr)
+                    continue
+                if arr.stype == _NUMPY_STYPE:
                     arrays[key] = arr.numpy()
                 else:  # unknown serialisation: keep the raw bytes, note the stype
                     arrays[key] = np.frombuffer(bytes(arr.data), dtype=np.uint8).copy()
@@ -487,6 +529,26 @@ class RecordWriter:
                 self._append_line(entry)
                 return entry
 
+    def position(self) -> dict[str, Any]:
+        """Where the manifest ends now: ``{"entries": last seq, "bytes": manifest size,
+        "last_line_sha256": sha256 of the last line (with its newline) or None}``.
+
+        A checkpoint stores it; :func:`truncate_record` cuts the record back to it."""
+        with self._lock:
+            self._check_usable()
+            with _FileLock(self._fd, self.manifest_path):
+                try:
+                    size = os.fstat(self._fd).st_size
+                except OSError as exc:
+                    raise RecordError(f"cannot stat {self.manifest_path}: {exc}") from exc
+                seq = self._next_seq() - 1
+                last = _last_line(self.manifest_path, size) if size else None
+        return {
+            "entries": seq,
+            "bytes": size,
+            "last_line_sha256": None if last is None else hashlib.sha256(last).hexdigest(),
+        }
+
     # ------------------------------------------------------------------ internals
     def _check_usable(self) -> None:
         if self._closed:
@@ -605,6 +667,97 @@ class RecordWriter:
             ) from exc
         self._known_size = before + len(data)
         self._last_seq = entry["seq"]
+
+
+def _last_line(manifest: Path, end: int) -> bytes:
+    """The manifest line ending at byte ``end`` (newline included); RecordError if the byte
+    before ``end`` is not a newline."""
+    try:
+        with open(manifest, "rb") as fh:
+            fh.seek(max(end - 1, 0))
+            if end <= 0 or fh.read(1) != b"\n":
+                raise RecordError(f"{manifest}: byte {end} is not the end of a line")
+            pos, block, tail, nl = end - 1, 1 << 12, b"", -1
+            while pos > 0:
+                lo = max(0, pos - block)
+                fh.seek(lo)
+                tail = fh.read(pos - lo) + tail
+                pos = lo
+                nl = tail.rfind(b"\n")
+                if nl >= 0:
+                    break
+                block *= 2
+            start = pos + nl + 1 if nl >= 0 else 0
+            fh.seek(start)
+            return fh.read(end - start)
+    except OSError as exc:
+        raise RecordError(f"cannot read {manifest}: {exc}") from exc
+
+
+def truncate_record(run_dir: str | os.PathLike[str], position: Mapping[str, Any]) -> dict[str, int]:
+    """Cut the record of ``run_dir`` back to ``position`` (from :meth:`RecordWriter.position`):
+    the manifest is truncated to ``position["bytes"]`` after checking that the line ending
+    there has seq ``position["entries"]`` and the recorded sha256, then payloads of later seqs
+    and leftover temp files are deleted (everything fsync-ed). Idempotent; returns
+    ``{"lines": manifest lines removed, "payloads": files removed}``.
+
+    RecordError when the manifest is shorter than the position or its line there differs
+    (the record the checkpoint covers was lost or rewritten): nothing is changed then."""
+    record_dir = Path(run_dir) / RECORD_SUBDIR
+    manifest = record_dir / MANIFEST_NAME
+    entries, size = int(position.get("entries", 0)), int(position.get("bytes", 0))
+    removed = {"lines": 0, "payloads": 0}
+    if not manifest.exists():
+        if size:
+            raise RecordError(f"record manifest {manifest} is missing; the checkpoint covers {entries} entries")
+        return removed
+    try:
+        fd = os.open(manifest, os.O_RDWR)
+    except OSError as exc:
+        raise RecordError(f"cannot open record manifest {manifest}: {exc}") from exc
+    try:
+        with _FileLock(fd, manifest):
+            have = os.fstat(fd).st_size
+            if have < size:
+                raise RecordError(
+                    f"record manifest {manifest} has {have} bytes, the checkpoint covers {size}: "
+                    "recorded entries were lost"
+                )
+            if size:
+                last = _last_line(manifest, size)
+                sha = hashlib.sha256(last).hexdigest()
+                try:
+                    seq = json.loads(last)["seq"]
+                except (ValueError, TypeError, KeyError):
+                    seq = None
+                want = position.get("last_line_sha256")
+                if seq != entries or (want is not None and sha != want):
+                    raise RecordError(
+                        f"record manifest {manifest}: the line ending at byte {size} is not the checkpointed "
+                        f"entry seq {entries} (found seq {seq!r}); the record was rewritten"
+                    )
+            if have > size:
+                with open(manifest, "rb") as fh:
+                    fh.seek(size)
+                    tail = fh.read()
+                removed["lines"] = tail.count(b"\n") + (0 if tail.endswith(b"\n") else 1)  # a torn line too
+                os.ftruncate(fd, size)
+                os.fsync(fd)
+            payload_dir = record_dir / PAYLOAD_SUBDIR
+            names = sorted(os.listdir(payload_dir)) if payload_dir.is_dir() else []
+            for name in names:
+                stem = name[: -len(".npz")] if name.endswith(".npz") else ""
+                later = stem.isdigit() and int(stem) > entries
+                if later or TMP_MARKER in name:
+                    (payload_dir / name).unlink()
+                    removed["payloads"] += 1
+            if removed["payloads"]:
+                _fsync_dir(payload_dir)
+    except OSError as exc:
+        raise RecordError(f"cannot truncate the record in {record_dir}: {exc}") from exc
+    finally:
+        os.close(fd)
+    return removed
 
 
 def _write_npz(fileobj: Any, members: list[tuple[str, Any]]) -> None:

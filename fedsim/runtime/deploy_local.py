@@ -42,14 +42,15 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from fedsim.config import ExperimentConfig
 from fedsim.rundir import RunDir
 from fedsim.runtime.environment import runtime_env
-from fedsim.runtime.process import ManagedProcess, ProcessSet, RuntimeFailure, free_port, wait_until
-from fedsim.runtime.supervise import ProgressFn, supervise
+from fedsim.runtime.process import PROCESS_REGISTRY, ManagedProcess, ProcessSet, RuntimeFailure, free_port, wait_until
+from fedsim.runtime.supervise import ProgressFn, died, supervise
 
 APP_MODULE = "fedsim_components"
 THIS_MODULE = "fedsim.runtime.deploy_local"
@@ -184,7 +185,8 @@ def clientapp_argv(runtime_port: int, supernode_pid: int, *, poll_interval: floa
     return argv
 
 
-def run_deploy_local_job(run_dir: RunDir, cfg: ExperimentConfig, progress: ProgressFn | None = None) -> None:
+def run_deploy_local_job(run_dir: RunDir, cfg: ExperimentConfig, progress: ProgressFn | None = None,
+                         resume_round: int | None = None) -> None:
     """Start SuperLink + N SuperNodes (+ N long-lived ClientApp workers with isolation "process"),
     `flwr run` the job, stop everything by PID."""
     from servers.serving import server_run_config
@@ -195,10 +197,10 @@ def run_deploy_local_job(run_dir: RunDir, cfg: ExperimentConfig, progress: Progr
     flwr_home = Path(env["FLWR_HOME"])
     port = free_port()
     write_flwr_config(flwr_home, f"127.0.0.1:{port}")
-    app_dir = write_app(run_dir.state / "app", server_run_config(cfg, run_dir), cfg.protocol,
+    app_dir = write_app(run_dir.state / "app", server_run_config(cfg, run_dir, resume_round), cfg.protocol,
                         pull_backoff=cfg.runtime.poll_interval if isolation == "process" else None)
     secret_file = write_superexec_secret(run_dir.state / "superexec.secret") if isolation == "process" else None
-    procs = ProcessSet()
+    procs = ProcessSet(registry=run_dir.state / PROCESS_REGISTRY)
     try:
         link_argv = [_bin("flower-superlink"), "--insecure", "--disable-runtime-dependency-installation",
                      "--host", "127.0.0.1", "--port", str(port)]
@@ -213,6 +215,7 @@ def run_deploy_local_job(run_dir: RunDir, cfg: ExperimentConfig, progress: Progr
         wait_until(lambda: healthy(port), cfg.runtime.startup_timeout, "SuperLink health check", check=link_alive)
         nodes: list[ManagedProcess] = []
         workers: list[ManagedProcess] = []
+        worker_argv: dict[str, tuple[ManagedProcess, list[str]]] = {}  # worker name -> (its SuperNode, command)
         for pid in range(cfg.data.num_clients):
             node_config = f"partition-id={pid} num-partitions={cfg.data.num_clients}"
             if cfg.protocol == "opboost":  # each passive party reads only its own directory
@@ -232,14 +235,10 @@ def run_deploy_local_job(run_dir: RunDir, cfg: ExperimentConfig, progress: Progr
             )
             nodes.append(node)
             if isolation == "process":
-                workers.append(
-                    procs.start(
-                        f"clientapp-{pid}",
-                        clientapp_argv(runtime_port, node.pid, poll_interval=cfg.runtime.poll_interval,
-                                       secret_file=secret_file, startup_timeout=cfg.runtime.startup_timeout),
-                        run_dir.logs / f"clientapp-{pid}.log", env,
-                    )
-                )
+                argv = clientapp_argv(runtime_port, node.pid, poll_interval=cfg.runtime.poll_interval,
+                                      secret_file=secret_file, startup_timeout=cfg.runtime.startup_timeout)
+                workers.append(procs.start(f"clientapp-{pid}", argv, run_dir.logs / f"clientapp-{pid}.log", env))
+                worker_argv[f"clientapp-{pid}"] = (node, argv)
         runner = procs.start(
             "flwr run", [_bin("flwr"), "run", str(app_dir), "fedsim", "--stream"],
             run_dir.logs / "flwr-run.log", env, cwd=app_dir,
@@ -251,10 +250,49 @@ def run_deploy_local_job(run_dir: RunDir, cfg: ExperimentConfig, progress: Progr
     except BaseException:
         procs.stop_all()
         raise
+    on_death = None
+    if client_loss_tolerated(cfg):
+        on_death = _client_death_handler(run_dir, procs, env, link, worker_argv)
     supervise(
         run_dir, procs, runner, run_timeout=cfg.runtime.run_timeout, progress=progress,
-        watch=[link, *nodes, *workers], started_at=t0,
+        watch=[link, *nodes, *workers], started_at=t0, on_death=on_death,
+        first_row=len(run_dir.read_jsonl("metrics.jsonl")),
     )
+
+
+def client_loss_tolerated(cfg: ExperimentConfig) -> bool:
+    """Whether the run goes on without some clients (FKGE with strategy.min_clients below data.num_clients): then a
+    dead SuperNode or ClientApp worker does not end it; the ServerApp sees the node's missing replies."""
+    return cfg.protocol == "fkge" and 0 < cfg.strategy.min_clients < cfg.data.num_clients
+
+
+def _client_death_handler(
+    run_dir: RunDir, procs: ProcessSet, env: dict[str, str], link: ManagedProcess,
+    worker_argv: dict[str, tuple[ManagedProcess, list[str]]],
+) -> Callable[[ManagedProcess], list[ManagedProcess]]:
+    """`supervise`'s on_death for runs that tolerate client loss: the SuperLink's death still ends the run; a dead
+    ClientApp worker whose SuperNode lives is started again (the node keeps its id and context; as Flower's
+    "subprocess" isolation starts a fresh ClientApp for the next message); a dead SuperNode is gone for the rest of
+    the run. Each death is a line in <run dir>/faults.jsonl."""
+
+    def on_death(proc: ManagedProcess) -> list[ManagedProcess]:
+        if proc is link:
+            raise died(proc, len(run_dir.read_jsonl("metrics.jsonl")))
+        event: dict[str, Any] = {"time": time.time(), "event": "process-died", "process": proc.name, "pid": proc.pid,
+                                 "code": proc.poll(), "log": str(proc.log_path)}
+        replacement: list[ManagedProcess] = []
+        node, argv = worker_argv.get(proc.name, (None, []))
+        if node is not None and node.poll() is None:
+            new = procs.start(proc.name, argv, proc.log_path, env)
+            replacement.append(new)
+            event["restarted_pid"] = new.pid
+            deploy = run_dir.read_json("deploy.json")
+            deploy["pids"] = {p.name: p.pid for p in procs.procs}  # the live process of each name
+            run_dir.write_json("deploy.json", deploy)
+        run_dir.append_jsonl("faults.jsonl", event)
+        return replacement
+
+    return on_death
 
 
 # --------------------------------------------------------------------------------------------------------------

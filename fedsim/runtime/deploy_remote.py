@@ -19,7 +19,7 @@ from pathlib import Path
 
 from fedsim.config import ExperimentConfig
 from fedsim.rundir import RunDir
-from fedsim.runtime.process import ManagedProcess, ProcessSet, RuntimeFailure
+from fedsim.runtime.process import PROCESS_REGISTRY, ManagedProcess, ProcessSet, RuntimeFailure
 from fedsim.runtime.supervise import ProgressFn, supervise
 
 
@@ -71,7 +71,8 @@ def _stop_remote_run(runner: ManagedProcess, env: dict[str, str], log: Path) -> 
         pass
 
 
-def run_deploy_remote_job(run_dir: RunDir, cfg: ExperimentConfig, progress: ProgressFn | None = None) -> None:
+def run_deploy_remote_job(run_dir: RunDir, cfg: ExperimentConfig, progress: ProgressFn | None = None,
+                          resume_round: int | None = None) -> None:
     """Submit `cfg` to the federation at `cfg.runtime.superlink`, trusting the CA in `cfg.runtime.certs_dir`."""
     from fedsim.deploy.certs import (
         FederationError,
@@ -111,7 +112,7 @@ def run_deploy_remote_job(run_dir: RunDir, cfg: ExperimentConfig, progress: Prog
 
     env = runtime_env(run_dir.state)
     write_flwr_config(Path(env["FLWR_HOME"]), r.superlink, ca)
-    run_config = server_run_config(cfg, run_dir)
+    run_config = server_run_config(cfg, run_dir, resume_round)
     run_config[RUN_DIR_KEY] = str(run_path)  # the ServerApp on the SuperLink host writes here
     app_dir = write_app(run_dir.state / "app", run_config, cfg.protocol, pull_backoff=cfg.runtime.poll_interval)
     run_dir.write_json("deploy.json", {
@@ -119,7 +120,7 @@ def run_deploy_remote_job(run_dir: RunDir, cfg: ExperimentConfig, progress: Prog
         "run_dir_access": "same host" if local else
         "remote SuperLink: the run directory must be on a shared file system mounted at the same path there",
     })
-    procs = ProcessSet()
+    procs = ProcessSet(registry=run_dir.state / PROCESS_REGISTRY)
     runner = procs.start("flwr run", [_bin("flwr"), "run", str(app_dir), "fedsim", "--stream"],
                          run_dir.logs / "flwr-run.log", env, cwd=app_dir)
     try:
@@ -148,7 +149,8 @@ def run_deploy_remote_job(run_dir: RunDir, cfg: ExperimentConfig, progress: Prog
         procs.stop_all()
         raise
     try:
-        supervise(run_dir, procs, runner, run_timeout=r.run_timeout, progress=progress, started_at=t0)
+        supervise(run_dir, procs, runner, run_timeout=r.run_timeout, progress=progress, started_at=t0,
+                  first_row=len(run_dir.read_jsonl("metrics.jsonl")))
     except BaseException:
         _stop_remote_run(runner, env, run_dir.logs / "flwr-stop.log")
         raise

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -11,6 +12,9 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import psutil
+
+
+PROCESS_REGISTRY = "processes.jsonl"  # in a run's state/: every process the run started (see ProcessSet)
 
 
 class RuntimeFailure(RuntimeError):
@@ -99,14 +103,25 @@ class ManagedProcess:
 
 
 class ProcessSet:
-    """Every process a run started; `stop_all` stops them in reverse start order."""
+    """Every process a run started; `stop_all` stops them in reverse start order. With `registry`, each start is
+    also a line (name, pid, creation time) in that JSON-lines file, so that a later `fedsim run --resume` can tell
+    whether a process of an interrupted run still lives (`live_processes`)."""
 
-    def __init__(self) -> None:
+    def __init__(self, registry: Path | None = None) -> None:
         self.procs: list[ManagedProcess] = []
+        self.registry = registry
 
     def start(self, name: str, argv: Sequence[str], log_path: Path, env: dict[str, str], cwd: Path | None = None) -> ManagedProcess:
         proc = ManagedProcess(name, argv, log_path, env, cwd)
         self.procs.append(proc)
+        if self.registry is not None:
+            try:
+                created = proc.process.create_time()
+            except psutil.NoSuchProcess:
+                created = None
+            self.registry.parent.mkdir(parents=True, exist_ok=True)
+            with open(self.registry, "a", encoding="utf-8") as fh:
+                fh.write(json.dumps({"name": name, "pid": proc.pid, "create_time": created}) + "\n")
         return proc
 
     def remember_descendants(self) -> None:
@@ -122,6 +137,24 @@ class ProcessSet:
 
     def __exit__(self, *exc: object) -> None:
         self.stop_all()
+
+
+def live_processes(registry: Path) -> list[str]:
+    """"name (pid N)" of every process listed in a `ProcessSet` registry that is still running (the same process:
+    PID and creation time), e.g. a simulation driver whose `fedsim run` parent was killed."""
+    if not registry.is_file():
+        return []
+    alive = []
+    for line in registry.read_text(encoding="utf-8").splitlines():
+        try:
+            entry = json.loads(line)
+            proc = psutil.Process(int(entry["pid"]))
+            same = entry.get("create_time") is None or abs(proc.create_time() - float(entry["create_time"])) < 1e-3
+            if same and proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE:
+                alive.append(f"{entry['name']} (pid {entry['pid']})")
+        except (ValueError, KeyError, TypeError, psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return alive
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float, what: str, interval: float = 0.2,

@@ -20,7 +20,7 @@ from typing import Any
 from fedsim.config import ExperimentConfig, from_dict, parse_resources
 from fedsim.rundir import RunDir
 from fedsim.runtime.environment import apply_runtime_env, runtime_env
-from fedsim.runtime.process import ProcessSet, RuntimeFailure
+from fedsim.runtime.process import PROCESS_REGISTRY, ProcessSet, RuntimeFailure
 from fedsim.runtime.supervise import ProgressFn, supervise
 
 AF_UNIX_LIMIT = 100  # Ray puts sockets at <temp>/session_<stamp>/sockets/<name>; paths must fit ~107 bytes
@@ -189,6 +189,40 @@ def install_placement_backend(custom: dict[str, float]) -> None:
     raybackend.RayBackend = PlacedRayBackend
 
 
+def install_actor_replacement() -> None:
+    """Replace a dead ClientApp actor instead of reusing it (Flower 1.42, this driver process only).
+
+    When a ClientApp's process dies (a crash, `os._exit`, SIGKILL, the OOM killer), Ray reports ActorDiedError for
+    its message and Flower's error path (`RayBackend.process_message`) puts the dead actor back into the pool:
+    every later message that lands on it fails too, whichever node it is for. Here the pool swaps the dead actor
+    for a fresh one before Flower's error path returns it, so only the message the actor was running fails (an
+    error reply, the node's context unchanged) and the node serves the next round. No-op if Flower's pool differs."""
+    from flwr.simulation.ray_transport.ray_actor import BasicActorPool
+
+    fetch = getattr(BasicActorPool, "fetch_result_and_return_actor_to_pool", None)
+    if fetch is None or getattr(fetch, "fedsim_replaces_dead_actors", False):
+        return
+
+    def fetch_result(self: Any, future: Any) -> Any:
+        import ray
+        from ray.exceptions import ActorDiedError
+
+        try:
+            return fetch(self, future)
+        except ActorDiedError:
+            dead = getattr(self, "_future_to_actor", {}).get(future)
+            if dead is not None and callable(getattr(self, "create_actor_fn", None)):
+                try:
+                    ray.kill(dead, no_restart=True)  # frees its resources now, whatever state Ray has it in
+                except Exception:  # noqa: BLE001 - already gone
+                    pass
+                self._future_to_actor[future] = self.create_actor_fn()  # Flower's error path pools this one
+            raise
+
+    fetch_result.fedsim_replaces_dead_actors = True  # type: ignore[attr-defined]
+    BasicActorPool.fetch_result_and_return_actor_to_pool = fetch_result  # type: ignore[method-assign]
+
+
 def init_ray(cfg: ExperimentConfig, run_dir: RunDir) -> dict[str, Any]:
     """Start Ray on loopback, or attach to `runtime.ray_address`; write `ray.json` (address, job id,
     start-up seconds, the cluster's live nodes with their resources, the per-client resources and
@@ -238,8 +272,9 @@ def ray_cluster_flag(ray_address: str | None) -> str:
         return "1"
 
 
-def driver_main(run_dir_path: str) -> None:
-    """Child-process entry: Ray, then Flower's run_simulation with fedsim's apps."""
+def driver_main(run_dir_path: str, resume_round: int | None = None) -> None:
+    """Child-process entry: Ray, then Flower's run_simulation with fedsim's apps (`resume_round`: continue a
+    run from that round's checkpoint, see `fedsim run --resume`)."""
     run_dir = RunDir(run_dir_path)
     apply_runtime_env(run_dir.state)
     cfg = from_dict(run_dir.read_json("config.json"))
@@ -254,10 +289,11 @@ def driver_main(run_dir_path: str) -> None:
     client_module, server_module = load_apps(cfg.protocol)
     try:
         init_ray(cfg, run_dir)
+        install_actor_replacement()
         custom = parse_resources(cfg.runtime.client_resources)
         if custom:
             install_placement_backend(custom)
-        server_app = server_module.make_server_app(server_run_config(cfg, run_dir))
+        server_app = server_module.make_server_app(server_run_config(cfg, run_dir, resume_round))
         run_simulation(
             server_app=server_app,
             client_app=client_module.app,
@@ -271,21 +307,24 @@ def driver_main(run_dir_path: str) -> None:
         ray.shutdown()
 
 
-def run_simulation_job(run_dir: RunDir, cfg: ExperimentConfig, progress: ProgressFn | None = None) -> None:
-    """Run the experiment in Flower's Ray simulation under the watchdog."""
+def run_simulation_job(run_dir: RunDir, cfg: ExperimentConfig, progress: ProgressFn | None = None,
+                       resume_round: int | None = None) -> None:
+    """Run the experiment in Flower's Ray simulation under the watchdog (`resume_round`: a resumed run)."""
     env = runtime_env(run_dir.state)
-    procs = ProcessSet()
+    procs = ProcessSet(registry=run_dir.state / PROCESS_REGISTRY)
+    resume = [] if resume_round is None else [str(int(resume_round))]
     driver = procs.start(
         "simulation driver",
-        [sys.executable, "-m", "fedsim.runtime.simulation", str(run_dir.path)],
+        [sys.executable, "-m", "fedsim.runtime.simulation", str(run_dir.path), *resume],
         run_dir.logs / "simulation.log",
         env,
     )
     try:
-        supervise(run_dir, procs, driver, run_timeout=cfg.runtime.run_timeout, progress=progress)
+        supervise(run_dir, procs, driver, run_timeout=cfg.runtime.run_timeout, progress=progress,
+                  first_row=len(run_dir.read_jsonl("metrics.jsonl")))
     finally:
         reclaim_ray_temp_dir(run_dir)
 
 
 if __name__ == "__main__":
-    driver_main(sys.argv[1])
+    driver_main(sys.argv[1], int(sys.argv[2]) if len(sys.argv) > 2 else None)

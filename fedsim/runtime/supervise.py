@@ -12,6 +12,14 @@ from fedsim.runtime.process import ManagedProcess, ProcessSet, RuntimeFailure
 ProgressFn = Callable[[dict[str, Any]], None]
 
 
+def died(proc: ManagedProcess, rounds_done: int) -> RuntimeFailure:
+    """The error for a process of the run that died before the run finished."""
+    return RuntimeFailure(
+        f"{proc.name} (pid {proc.pid}) died with code {proc.poll()} during the run, after {rounds_done} "
+        f"completed round(s) (log {proc.log_path}):\n{proc.tail()}"
+    )
+
+
 def supervise(
     run_dir: RunDir,
     procs: ProcessSet,
@@ -22,16 +30,21 @@ def supervise(
     exit_grace: float = 0.5,
     watch: list[ManagedProcess] | None = None,
     started_at: float | None = None,
+    on_death: Callable[[ManagedProcess], list[ManagedProcess]] | None = None,
+    first_row: int = 0,
 ) -> None:
     """Wait until the ServerApp reports `finished` and `main` exits, or `exit_grace` seconds
     pass after `finished` (everything is on disk by then; Flower's and Ray's teardown takes
     seconds, even on SIGTERM, so the remaining processes are stopped by PID with a short grace).
 
     Raises RuntimeFailure, after stopping every process, when the ServerApp fails, `main` or a
-    watched process dies first, or `run_timeout` passes. Never waits longer than that.
+    watched process dies first, or `run_timeout` passes. Never waits longer than that. With `on_death`, a
+    watched process that dies is handed to it instead: it returns the processes to watch in its place
+    (e.g. a restarted one, or none) or raises to end the run.
     """
     t0 = started_at if started_at is not None else time.monotonic()
-    seen = 0
+    seen = first_row  # rows already in metrics.jsonl (a resumed run's) are not progress
+    watched = list(watch or [])
     finished_at: float | None = None
     try:
         while True:
@@ -58,12 +71,12 @@ def supervise(
                     f"{main.name} exited with code {main.poll()} before the run finished "
                     f"(log {main.log_path}):\n{main.tail()}"
                 )
-            for proc in watch or []:
+            for proc in list(watched):
                 if proc.poll() is not None and state != "finished":
-                    raise RuntimeFailure(
-                        f"{proc.name} (pid {proc.pid}) died with code {proc.poll()} during the run "
-                        f"(log {proc.log_path}):\n{proc.tail()}"
-                    )
+                    if on_death is None:
+                        raise died(proc, seen)
+                    watched.remove(proc)
+                    watched.extend(on_death(proc))
             if time.monotonic() - t0 > run_timeout:
                 raise RuntimeFailure(
                     f"run did not finish within runtime.run_timeout = {run_timeout:g} s "

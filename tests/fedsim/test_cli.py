@@ -17,7 +17,8 @@ def test_list_names_presets_and_choices(capsys: pytest.CaptureFixture[str]) -> N
     assert "datasets: nations, kinships, umls, fb15k-237, wn18rr" in out
     assert "models: transe, distmult, complex, rotate" in out
     assert "partitions: relation, entity_overlap, random_triple" in out
-    assert "benchmarks: attacks, deploy, dpflames, fkge, opboost, servermem" in out
+    benchmarks = next(line for line in out.splitlines() if line.startswith("benchmarks: "))
+    assert {"attacks", "deploy", "dpflames", "faults", "fkge", "opboost", "servermem"} <= set(benchmarks[12:].split(", "))
     assert "attacks: cia, cip, cip-code, fedr, opboost-reconstruct, sia" in out
     assert "campaigns: fb15k237-paper, kg-small" in out
 
@@ -110,3 +111,32 @@ def test_verify_reports_a_corrupted_recording(tmp_path: Path, capsys: pytest.Cap
     payload.write_bytes(bytes(data))
     assert main(["verify", str(tmp_path)]) == 1
     assert "FAILED" in capsys.readouterr().out
+
+
+def test_resume_takes_no_out_dir(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["run", "--resume", str(tmp_path), "--out", str(tmp_path / "other")]) == 2
+    assert "--resume continues the run in RUN_DIR itself; drop --out" in capsys.readouterr().err
+
+
+def test_verify_checks_metrics_and_checkpoints_too(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A round logged twice in metrics.jsonl and a corrupt checkpoint file fail `fedsim verify`, each named."""
+    import numpy as np
+
+    from fedsim.record import RecordWriter
+    from fedsim.runtime.checkpoint import write_checkpoint
+
+    with RecordWriter(tmp_path, 1) as writer:
+        writer.record_arrays(direction="up", round=1, node_id=5, kind="train",
+                             arrays={("rows", "entity-rows"): np.ones((3, 2), np.float32)})
+    (tmp_path / "metrics.jsonl").write_text('{"round": 1}\n{"round": 2}\n')
+    write_checkpoint(tmp_path, 2, {"entity_table": np.zeros((4, 2), np.float32)}, {"history": []}, keep=2)
+    assert main(["verify", str(tmp_path)]) == 0
+    capsys.readouterr()
+    with open(tmp_path / "metrics.jsonl", "a") as fh:
+        fh.write('{"round": 2}\n')
+    state = tmp_path / "checkpoints" / "round-00002" / "state.json"
+    state.write_text(state.read_text().replace("[]", "[1]"))
+    assert main(["verify", str(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    assert "metrics.jsonl:3: round 2 is logged again (first on line 2)" in out
+    assert f"checkpoint file {state} is corrupt" in out and "FAILED" in out

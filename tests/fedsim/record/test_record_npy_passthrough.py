@@ -14,7 +14,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
 
 from fedsim.cli import main
 from fedsim.record import RecordWriter, open_run, verify_run
-from fedsim.record.writer import _npy_of_bytes
+from fedsim.record.writer import RAW_NPY_STYPE, _npy_of_bytes
 
 _RNG = np.random.default_rng(7)
 
@@ -77,7 +77,7 @@ def test_members_byte_identical_to_savez_and_record_verifies(tmp_path):
     "case",
     ["trailing", "utf8_fields", "object_header", "not_npy"],
 )
-def test_unusual_bytes_fall_back_to_decoding(tmp_path, case):
+def test_unusual_bytes_are_decoded_or_kept_raw(tmp_path, case):
     good = np.arange(6, dtype=np.float32).reshape(2, 3)
     if case == "trailing":  # np.load ignores trailing bytes; they must not reach the record
         arr = Array(good)
@@ -97,9 +97,13 @@ def test_unusual_bytes_fall_back_to_decoding(tmp_path, case):
         want = None
     assert _npy_of_bytes(arr.data) is None
     with RecordWriter(tmp_path, 1) as writer:
-        if want is None:  # what decoding raises, as before
-            with pytest.raises(ValueError):
-                writer.record(_message({"x": arr}), direction="down", round=1)
+        if want is None:  # not decodable: recorded as the bytes that crossed the wire, never a crash
+            entry = writer.record(_message({"x": arr}), direction="down", round=1)
+            (spec,) = entry["arrays"]
+            assert spec["stype"] == RAW_NPY_STYPE and spec["dtype"] == "uint8"
+            assert verify_run(tmp_path).ok
+            got = open_run(tmp_path).entries()[0].array("arrays", "x")
+            assert got.tobytes() == bytes(arr.data)
             return
         writer.record(_message({"x": arr}), direction="down", round=1)
         writer.record_arrays(direction="up", round=1, node_id=2, kind="train", arrays={("arrays", "x"): arr})
@@ -134,4 +138,23 @@ def test_recording_a_large_array_makes_no_copy(tmp_path):
         finally:
             tracemalloc.stop()
     assert peak < 2 << 20, peak  # well under the 16 MiB a decoded copy would take
+    assert verify_run(tmp_path).ok
+
+
+def test_a_header_declaring_more_than_it_carries_is_recorded_raw_without_allocating(tmp_path):
+    """A hostile reply: the header claims 10^9 rows, the bytes are 6 floats. Recorded as those bytes (the
+    receiver rejects the reply) instead of numpy allocating the declared size and the run ending."""
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": "<f4", "fortran_order": False, "shape": (10**9, 3)})
+    data = buf.getvalue() + np.arange(6, dtype=np.float32).tobytes()
+    arr = Array(dtype="float32", shape=(10**9, 3), stype="numpy.ndarray", data=data)
+    with RecordWriter(tmp_path, 1) as writer:
+        tracemalloc.start()
+        try:
+            entry = writer.record(_message({"x": arr}), direction="up", round=1)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+    assert peak < 1 << 20
+    assert entry["arrays"][0]["stype"] == RAW_NPY_STYPE and entry["arrays"][0]["shape"] == [len(data)]
     assert verify_run(tmp_path).ok

@@ -1,0 +1,1 @@
+"""MAPE-Unlearn: module-aware (attention-head / FFN-filter) masks for parameter-efficient unlearning."""

@@ -78,24 +78,27 @@ class RunView:
             self._record = open_run(self.path, verify=self._verify)
         return self._record
 
-    def _node_map(self) -> dict[int, int]:
-        """partition id -> node id, from result.json, else from the recorded registrations."""
+    def _node_map(self) -> dict[int, tuple[int, ...]]:
+        """partition id -> its node ids (several when the run was resumed: nodes re-register under new ids),
+        from result.json, else from the recorded registrations."""
         result = self.path / "result.json"
         if result.is_file():
             clients = json.loads(result.read_text()).get("clients", {})
             if clients:
-                return {int(pid): int(info["node_id"]) for pid, info in clients.items()}
-        out: dict[int, int] = {}
+                return {int(pid): tuple(int(n) for n in info.get("node_ids") or [info["node_id"]])
+                        for pid, info in clients.items()}
+        out: dict[int, tuple[int, ...]] = {}
         try:
             for entry in self.record.entries(kind="query", direction="up"):
                 pid = entry.metrics.get("metrics", {}).get("partition-id")
-                if pid is not None:
-                    out[int(pid)] = entry.node_id
+                if pid is not None and int(entry.node_id) not in out.get(int(pid), ()):
+                    out[int(pid)] = (*out.get(int(pid), ()), int(entry.node_id))
         except MissingRecords:
             return {}
         return out
 
-    def node(self, pid: int) -> int:
+    def node(self, pid: int) -> tuple[int, ...]:
+        """The node ids partition `pid` had in this run (one, unless the run was resumed)."""
         if pid not in self.nodes:
             raise MissingRecords(f"{self.path}: partition {pid} never registered (known: {sorted(self.nodes)})")
         return self.nodes[pid]
@@ -104,7 +107,7 @@ class RunView:
         return sorted({e.round for e in self.record.entries(kind="train", direction="up")})
 
     def _rows(self, pid: int, rnd: int, kind: str | tuple[str, ...], direction: str) -> tuple[np.ndarray, np.ndarray]:
-        entries = self.record.entries(round=rnd, node_id=self.node(pid), kind=kind, direction=direction)
+        entries = self.record.entries(round=rnd, node_id=list(self.node(pid)), kind=kind, direction=direction)
         entries = [e for e in entries if any(s.logical_key == ROWS_IDS for s in e.array_specs)]
         if not entries:
             raise MissingRecords(f"{self.path}: no {kind} {direction} message with rows for partition {pid} in round {rnd}")

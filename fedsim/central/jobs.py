@@ -159,8 +159,10 @@ class StageFailed(RuntimeError):
 class JobContext:
     """What a running job sees: its config, its run directory and `stage()` for idempotent steps."""
 
-    def __init__(self, job: str, cfg: dict[str, Any], run_dir: RunDir, device: str = "cpu") -> None:
+    def __init__(self, job: str, cfg: dict[str, Any], run_dir: RunDir, device: str = "cpu",
+                 on_progress: Callable[[dict[str, Any]], None] | None = None) -> None:
         self.job = job
+        self.on_progress = on_progress
         self.cfg = cfg
         self.run_dir = run_dir
         self.device = device
@@ -201,4 +203,7 @@ class JobContext:
         return result
 
     def progress(self, stage: str, message: str) -> None:
-        self.run_dir.append_jsonl("progress.jsonl", {"time": time.time(), "stage": stage, "message": message})
+        row = {"time": time.time(), "stage": stage, "message": message}
+        self.run_dir.append_jsonl("progress.jsonl", row)
+        if self.on_progress is not None:
+            self.on_progress(row)

@@ -61,7 +61,7 @@ def job_device(cfg: dict[str, Any]) -> str:
     return "cuda" if cfg["resources"]["num_gpus"] > 0 and torch.cuda.is_available() else "cpu"
 
 
-def execute(run_dir_path: str) -> dict[str, Any]:
+def execute(run_dir_path: str, progress: ProgressFn | None = None) -> dict[str, Any]:
     """Run the job recorded in a run directory, in this process (the body of the Ray task)."""
     import torch
 
@@ -70,7 +70,7 @@ def execute(run_dir_path: str) -> dict[str, Any]:
     job = get_job(saved["job"], saved.get("module"))
     cfg = saved["config"]
     torch.set_num_threads(max(1, int(cfg["resources"]["num_cpus"])))
-    ctx = JobContext(job.name, cfg, run_dir, job_device(cfg))
+    ctx = JobContext(job.name, cfg, run_dir, job_device(cfg), progress)
     t0 = time.monotonic()
     report = job.run(ctx)
     report = {"job": job.name, "run_dir": str(run_dir.path), "device": ctx.device,
@@ -165,7 +165,7 @@ def run_central(job_name: str, config_file: str | None = None, overrides: list[s
     """Prepare (or resume) a run and execute it through Ray (or in this process with `use_ray=False`)."""
     _, cfg, run_dir = prepare_run(job_name, config_file, overrides, out)
     if not use_ray:
-        return execute(str(run_dir.path))
+        return execute(str(run_dir.path), progress)
     return submit(run_dir, cfg, ray_address, progress, timeout)
 
 

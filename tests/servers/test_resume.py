@@ -118,6 +118,15 @@ def test_resumed_run_equals_the_uninterrupted_run(tmp_path: Path, overrides: lis
     assert report.entries == verify_run(tmp_path / "ref").entries + 2 * n  # plus the second registration
     np.testing.assert_array_equal(replay_fede(run_dir.path), final)
     assert ck.verify_run_files(run_dir.path) == ([], [])
+    # attacks read a partition's uploads before and after the resume (under its old and new node id)
+    from attacks.observe import RunView
+
+    (tmp_path / "ref" / "config.json").write_text((run_dir.path / "config.json").read_text())
+    view, ref_view = RunView(run_dir.path), RunView(tmp_path / "ref")
+    assert view.node(0) == (100, 200)
+    for rnd in (1, cfg.train.rounds):
+        for got, want in zip(view.upload(0, rnd), ref_view.upload(0, rnd)):
+            np.testing.assert_array_equal(got, want)
 
 
 def test_a_resume_needs_the_record_cut_back_first(tmp_path: Path) -> None:

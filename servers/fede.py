@@ -18,6 +18,7 @@ from fedsim.config import ExperimentConfig
 from fedsim.kg.aggregation import StreamingAggregator, UpdateRejected, check_payload, fede_aggregate, validate_update
 from fedsim.kg.metrics import METRIC_KEYS, weighted_average
 from fedsim.kg.shapes import entity_dim, init_table
+from fedsim.npyformat import read_npy_header
 from servers.loop import ExchangeResult, RoundFailed, RoundStrategy
 from fedsim.dp.noise_policy import NoisePolicy
 
@@ -70,18 +71,11 @@ def array_view(array: Array) -> np.ndarray:
     if array.stype != "numpy.ndarray" or not isinstance(data, (bytes, bytearray, memoryview)):
         return array.numpy()
     try:
-        stream = io.BytesIO(data)
-        version = np.lib.format.read_magic(stream)
-        if version == (1, 0):
-            shape, fortran, dtype = np.lib.format.read_array_header_1_0(stream)
-        elif version == (2, 0):
-            shape, fortran, dtype = np.lib.format.read_array_header_2_0(stream)
-        else:
-            return array.numpy()
+        shape, fortran, dtype, offset = read_npy_header(data)
         count = int(np.prod(shape, dtype=np.int64))
-        if dtype.hasobject or len(data) - stream.tell() < count * dtype.itemsize:
+        if dtype.hasobject or len(data) - offset < count * dtype.itemsize:
             return array.numpy()
-        flat = np.frombuffer(data, dtype=dtype, count=count, offset=stream.tell())
+        flat = np.frombuffer(data, dtype=dtype, count=count, offset=offset)
     except Exception:  # noqa: BLE001 - malformed headers: let numpy() raise its own error
         return array.numpy()
     return flat.reshape(shape[::-1]).T if fortran else flat.reshape(shape)

@@ -179,12 +179,9 @@ def _grid_class() -> type:
 
         @staticmethod
         def _dim(data: bytes) -> int:
-            import io
+            from fedsim.npyformat import read_npy_header
 
-            stream = io.BytesIO(data)
-            np.lib.format.read_magic(stream)
-            shape, _, _ = np.lib.format.read_array_header_1_0(stream)
-            return int(shape[1])
+            return read_npy_header(data)[0][1]
 
         def send_and_receive(self, messages, *, timeout=None):  # noqa: ANN001
             return self.pull_messages(self.push_messages(messages))

@@ -6,11 +6,12 @@ gives the bit-identical table with about one table of extra memory (see its docs
 
 from __future__ import annotations
 
-import io
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
+
+from fedsim.npyformat import read_npy_header
 
 __all__ = ["StreamingAggregator", "UpdateRejected", "check_payload", "fede_aggregate", "fede_aggregate_streaming",
            "validate_update"]
@@ -34,25 +35,16 @@ def check_payload(array: Any, name: str, max_rows: int | None = None) -> tuple[t
     data = array.data
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise UpdateRejected(f"{name}: payload is {type(data).__name__}, not bytes")
-    stream = io.BytesIO(data)
     try:
-        version = np.lib.format.read_magic(stream)
-        if version == (1, 0):
-            shape, fortran, dtype = np.lib.format.read_array_header_1_0(stream)
-        elif version == (2, 0):
-            shape, fortran, dtype = np.lib.format.read_array_header_2_0(stream)
-        else:
-            raise UpdateRejected(f"{name}: unsupported .npy format version {version}")
-    except UpdateRejected:
-        raise
-    except Exception as err:  # noqa: BLE001 - any malformed header is a rejection
-        raise UpdateRejected(f"{name}: malformed .npy header: {err}") from err
+        shape, _fortran, dtype, offset = read_npy_header(data)
+    except ValueError as err:
+        raise UpdateRejected(f"{name}: {err}") from err
     if dtype.hasobject:
         raise UpdateRejected(f"{name}: dtype {dtype} holds Python objects")
     declared = dtype.itemsize
     for extent in shape:
         declared *= int(extent)  # Python ints: no overflow, whatever the header claims
-    carried = len(data) - stream.tell()
+    carried = len(memoryview(data).cast("B")) - offset
     if declared != carried:
         raise UpdateRejected(f"{name}: declares shape {tuple(shape)} of {dtype} ({declared:,} bytes) but carries "
                              f"{carried:,} bytes")

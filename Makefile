@@ -4,6 +4,8 @@ PYTHON ?= python3
 VENV ?= .venv
 STAMP := $(VENV)/.fedsim-installed
 PYTEST_ARGS ?=
+# test files run in 2 pytest-xdist workers (one file stays in one worker: its fixtures and processes); 0: serial
+PYTEST_WORKERS ?= 2
 
 .PHONY: install run test bench clean-runs
 
@@ -22,7 +24,7 @@ run: $(STAMP)
 
 ## the test suite; pytest's exit 5 (no tests collected) is a failure here
 test: $(STAMP)
-	@$(VENV)/bin/python -m pytest $(PYTEST_ARGS); rc=$$?; \
+	@$(VENV)/bin/python -m pytest -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing" >&2; exit 1; fi; exit $$rc
 
 bench: $(STAMP)

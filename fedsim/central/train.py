@@ -68,19 +68,18 @@ def sft(model: Any, tokenizer: Any, records: list[dict[str, str]], out_dir: Path
 def sft_dataset(tokenizer: Any, records: list[dict[str, str]], **overrides: Any) -> Any:
     """The dataset TRL's SFTTrainer trains on (tokenized, with its completion mask): lets a test check which
     tokens carry the loss."""
+    import tempfile
+
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
-    from transformers import AutoModelForCausalLM  # noqa: F401  (TRL needs a model object)
 
     from fedsim.central.models import tiny_model
 
     _quiet()
-    import tempfile
-
     with tempfile.TemporaryDirectory() as tmp:
         args = _args(SFTConfig, Path(tmp), SFT_DEFAULTS, {"completion_only_loss": True, **overrides}, "cpu")
         data = Dataset.from_list([{"prompt": r["prompt"], "completion": r["completion"]} for r in records])
-        trainer = SFTTrainer(model=tiny_model("tiny-llama", tokenizer, num_hidden_layers=1), args=args,
+        trainer = SFTTrainer(model=tiny_model("tiny-llama", tokenizer, num_hidden_layers=1), args=args,  # a stand-in
                              train_dataset=data, processing_class=tokenizer)
         return trainer.train_dataset
 

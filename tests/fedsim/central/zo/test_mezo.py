@@ -59,7 +59,7 @@ def test_projected_gradient_matches_finite_difference_along_the_same_z(tiny_llam
     loss.backward()
     directional = sum(float((p.grad * z).sum()) for p, z in zip(params, zs))
     assert res.projected_grad == pytest.approx(directional, rel=2e-2, abs=1e-3)
-    h = 1e-2
+    h = 3e-3  # small enough that the third-order term stays within the tolerance, large enough for fp32
     perturb_(params, seed, h)
     up = mean_nll(tiny_llama, lm_batch)
     perturb_(params, seed, -2 * h)

@@ -82,3 +82,16 @@ def test_dpo_first_order_stage(tmp_path: Path) -> None:
     result: dict[str, Any] = run_fo(ctx, "tiny-llama", out)
     assert result["type"] == "dpo" and result["metrics"]["steps"] == 1 and result["seconds"] > 0
     assert (out / "model" / "config.json").is_file()
+
+
+def test_a_saved_model_directory_is_a_model(tmp_path: Path) -> None:
+    """`model = PATH` (what real runs pass): a causal LM saved with save_pretrained goes through the same job."""
+    from fedsim.central.models import save_model, tiny_model, tiny_tokenizer
+
+    tok = tiny_tokenizer()
+    model_dir = save_model(tiny_model("tiny-llama", tok, seed=3, num_hidden_layers=2), tok, tmp_path / "my-model")
+    overrides = [f"model='{model_dir}'", *[o for o in SMALL if not o.startswith("toy_base")],
+                 "robustness_eval.weight_noise=[0]", "robustness_eval.act_noise=[]", "robustness_eval.quant=[]"]
+    report = run_central("zo-refine", overrides=overrides, out=str(tmp_path / "run"), use_ray=False)
+    assert report["layer_groups"] == ["model.layers.0", "model.layers.1"]
+    assert not (tmp_path / "run" / "stages" / "toy-base.json").exists()  # a real model is used as it is

@@ -31,6 +31,7 @@ from fedsim.config import load_config
 from fedsim.faults import FAULT_EXIT_CODE
 from fedsim.jobs import run_experiment
 from fedsim.runtime.process import RuntimeFailure
+from tests.fedsim.deploy.procs import alive
 
 pytestmark = pytest.mark.slow
 
@@ -50,17 +51,6 @@ class Watch:
     def progress(self, row: dict) -> None:
         self.row_times[int(row["round"])] = time.monotonic()
         self.pids |= {p.pid for p in psutil.Process(os.getpid()).children(recursive=True)}
-
-
-def _alive(pids: set[int]) -> list[int]:
-    out = []
-    for pid in pids:
-        try:
-            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
-                out.append(pid)
-        except psutil.NoSuchProcess:
-            pass
-    return out
 
 
 def _events(run_dir: Path) -> list[dict]:
@@ -145,7 +135,7 @@ def test_sim_rounds_complete_with_the_remaining_client_and_record_each_failure(s
 def test_sim_run_leaves_no_process(sim_run) -> None:
     _, run_dir, watch = sim_run
     pids = watch.pids | {e["pid"] for e in _events(run_dir)}  # the crashed and the hung actor included
-    assert watch.pids and not _alive(pids)
+    assert watch.pids and not alive(pids)
 
 
 def test_deploy_tolerates_a_raise_then_stops_when_too_few_clients_are_left(deploy_run) -> None:
@@ -181,7 +171,7 @@ def test_deploy_run_ends_within_the_round_timeout_and_leaves_no_process(deploy_r
     assert ended - watch.row_times[2] < ROUND_TIMEOUT + MARGIN  # round 3 started when row 2 was written
     pids = watch.pids | {e["pid"] for e in _events(run_dir) if "pid" in e}
     pids |= {e["restarted_pid"] for e in _events(run_dir) if "restarted_pid" in e}
-    assert watch.pids and not _alive(pids)
+    assert watch.pids and not alive(pids)
 
 
 def test_exit_code_of_an_exit_fault_is_distinctive() -> None:

@@ -1,7 +1,9 @@
-"""Process bookkeeping shared by the deployment tests: every PID a ProcessSet started (with descendants), and
-which of them still run."""
+"""Process bookkeeping shared by the deployment, runtime and fault tests: every PID a ProcessSet started (with
+descendants), and which of them still run."""
 
 from __future__ import annotations
+
+from collections.abc import Iterable
 
 import psutil
 
@@ -28,3 +30,15 @@ def still_running(pids: dict[int, psutil.Process]) -> list[int]:
         except psutil.NoSuchProcess:
             pass
     return alive
+
+
+def alive(pids: Iterable[int]) -> list[int]:
+    """The PIDs among `pids` that name a live process that is not a zombie."""
+    out = []
+    for pid in pids:
+        try:
+            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                out.append(pid)
+        except psutil.NoSuchProcess:
+            pass
+    return out

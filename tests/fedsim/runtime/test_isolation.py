@@ -20,6 +20,7 @@ from fedsim.config import load_config
 from fedsim.jobs import run_experiment
 from fedsim.record import verify_run
 from fedsim.runtime.process import RuntimeFailure
+from tests.fedsim.deploy.procs import alive
 
 pytestmark = pytest.mark.slow
 
@@ -55,17 +56,6 @@ class Observed:
             elif "flwr-clientapp" in cmd:
                 self.flwr_clientapps.add(proc.pid)
         self.workers_per_round.append(workers)
-
-
-def _alive(pids: set[int]) -> list[int]:
-    out = []
-    for pid in pids:
-        try:
-            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
-                out.append(pid)
-        except psutil.NoSuchProcess:
-            pass
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -132,7 +122,7 @@ def test_subprocess_isolation_is_flowers_default(runs) -> None:
 def test_nothing_left_running(runs, isolation: str) -> None:
     _, _, observed = runs[isolation]
     assert observed.pids
-    assert not _alive(observed.pids)
+    assert not alive(observed.pids)
 
 
 def test_opboost_in_long_lived_clientapps_equals_local(tmp_path: Path) -> None:
@@ -150,7 +140,7 @@ def test_opboost_in_long_lived_clientapps_equals_local(tmp_path: Path) -> None:
     # each passive party's four protocol steps ran in its node's long-lived ClientApp worker
     assert {procs[f"passive-{k}"] for k in range(3)} == {pids[f"clientapp-{k}"] for k in range(3)}
     assert len(set(procs.values())) == 4
-    assert not _alive(set(procs.values()) | set(pids.values()))
+    assert not alive(set(procs.values()) | set(pids.values()))
 
 
 def test_killed_clientapp_worker_ends_the_run_with_a_clear_error(tmp_path: Path) -> None:
@@ -185,7 +175,7 @@ def test_killed_clientapp_worker_ends_the_run_with_a_clear_error(tmp_path: Path)
     assert killed_at, "the worker was never killed (run finished first?)"
     assert ended - killed_at[0] < round_timeout / 2
     assert "failed" in (run_dir / "status.json").read_text()
-    assert not _alive({p.pid for p in _children()})
+    assert not alive({p.pid for p in _children()})
 
 
 def _worker_pid(run_dir: Path, k: int) -> int | None:

@@ -99,3 +99,20 @@ def test_toy_world_splits_are_disjoint_and_labelled() -> None:
     examples = toydata.base_examples()
     assert not any("<safe>" in e.completion for e in examples)  # the base never learns to open <safe> itself
     assert {e.task for e in examples} == {"chat", "analyse", "guided"}
+
+
+def test_hf_classifier_judge_reads_a_saved_classifier(tiny_tok, tmp_path: Path) -> None:
+    import torch
+
+    model = tiny_model("tiny-bert", tiny_tok, seed=0, num_labels=2)
+    model.config.id2label, model.config.label2id = {0: "safe", 1: "unsafe"}, {"safe": 0, "unsafe": 1}
+    with torch.no_grad():  # a classifier that calls everything unsafe: its head's bias decides
+        model.classifier.weight.zero_()
+        model.classifier.bias.copy_(torch.tensor([-5.0, 5.0]))
+    save_model(model, tiny_tok, tmp_path / "judge")
+    judge = make_judge({"type": "hf-classifier", "model": str(tmp_path / "judge"), "harmful_label": "unsafe"})
+    verdicts = judge.score(["q1", "q2"], [toydata.REFUSAL, "sure. step one"], [True, True])
+    assert [v.harmful for v in verdicts] == [True, True] and [v.refusal for v in verdicts] == [True, False]
+    assert all(v.raw > 0.99 for v in verdicts)
+    with pytest.raises(ValueError, match="has no label 'toxic'"):
+        make_judge({"type": "hf-classifier", "model": str(tmp_path / "judge"), "harmful_label": "toxic"})

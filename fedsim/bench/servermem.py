@@ -110,6 +110,13 @@ def _grid_class() -> type:
         def get_node_ids(self) -> Iterable[int]:
             return sorted(self.nodes)
 
+        def _accept(self, msg: Message) -> tuple[str, Message]:
+            """Give a pushed message its id; return the id and the stub to reply to."""
+            self._count += 1
+            msg_id = f"m{self._count}"
+            msg.metadata.__dict__["_message_id"] = msg_id
+            return msg_id, self._stub(msg, msg_id)
+
         def _stub(self, msg: Message, msg_id: str) -> Message:
             """A content-free copy of an instruction's routing, to reply to without keeping its payload."""
             md = msg.metadata
@@ -121,12 +128,9 @@ def _grid_class() -> type:
         def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
             ids = []
             for msg in messages:
-                self._count += 1
-                msg_id = f"m{self._count}"
-                msg.metadata.__dict__["_message_id"] = msg_id
+                msg_id, stub = self._accept(msg)
                 ids.append(msg_id)
                 node, kind = msg.metadata.dst_node_id, msg.metadata.message_type
-                stub = self._stub(msg, msg_id)
                 if kind == "query":
                     pid = self.nodes[node]
                     metrics = {"partition-id": pid, "num-entities": self.num_entities,
@@ -140,11 +144,7 @@ def _grid_class() -> type:
                     ids_view, rows_view = array_view(record[IDS]), array_view(record[VALUES])
                     ids_path, rows_path = self.spool / f"{msg_id}.ids.npy", self.spool / f"{msg_id}.rows.npy"
                     np.save(ids_path, ids_view)
-                    with open(rows_path, "wb") as fh:  # the client's answer, written in blocks
-                        fh.write(_npy_header(rows_view.shape, rows_view.dtype))
-                        step = 4096
-                        for i in range(0, rows_view.shape[0], step):
-                            (rows_view[i : i + step] + np.float32(0.01)).astype(rows_view.dtype).tofile(fh)
+                    _spool_answer(rows_path, rows_view)
                     del ids_view, rows_view, record
                     self._spooled[msg_id] = (stub, ids_path, rows_path)
                 elif kind == "evaluate":
@@ -207,21 +207,14 @@ def _flower_grid_class() -> type:
         def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
             ids = []
             for msg in messages:
-                self._count += 1
-                msg_id = f"m{self._count}"
-                msg.metadata.__dict__["_message_id"] = msg_id
+                msg_id, stub = self._accept(msg)
                 ids.append(msg_id)
                 node, kind = msg.metadata.dst_node_id, msg.metadata.message_type
-                stub = self._stub(msg, msg_id)
                 if kind == "train":
                     view = array_view(msg.content["arrays"][FLOWER_ARRAY])
                     self.train_bytes["down"] += int(view.nbytes)
                     path = self.spool / f"{msg_id}.npy"
-                    with open(path, "wb") as fh:
-                        fh.write(_npy_header(view.shape, view.dtype))
-                        step = 4096
-                        for i in range(0, view.shape[0], step):
-                            (view[i : i + step] + np.float32(0.01)).astype(view.dtype).tofile(fh)
+                    _spool_answer(path, view)
                     del view
                     self._spooled[msg_id] = (stub, path, node)
                 elif kind == "evaluate":
@@ -264,6 +257,15 @@ def _npy_header(shape: tuple[int, ...], dtype: np.dtype) -> bytes:
         buf, {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)), "fortran_order": False, "shape": shape}
     )
     return buf.getvalue()
+
+
+def _spool_answer(path: Path, view: np.ndarray) -> None:
+    """A client's answer to `view` (its rows + 0.01) written as a .npy file in blocks, never whole in memory."""
+    with open(path, "wb") as fh:
+        fh.write(_npy_header(view.shape, view.dtype))
+        step = 4096
+        for i in range(0, view.shape[0], step):
+            (view[i : i + step] + np.float32(0.01)).astype(view.dtype).tofile(fh)
 
 
 # ---------------------------------------------------------------------------------------------- probes
